@@ -1,0 +1,170 @@
+"""What a model adds to the training engine: its modules, loss, metrics and checkpoint schema.
+
+The engine (`cad3d.training.engine`) owns the loop, precision, devices, distribution, logs and
+checkpoints. A trainer for a new model is a `TrainTask` subclass registered under a name:
+
+    @register_task
+    class VAETask(TrainTask):
+        name = "vae"
+        schema = CheckpointSchema(model="vae", module_keys={"model": "state_dict"}, ...)
+        ...
+
+`cad3d ckpt verify` finds the task of a checkpoint through the registry (the checkpoint's
+metadata names it) to rebuild the modules and run a forward pass.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CheckpointSchema:
+    """File names and key names of one model's checkpoints (seed 000 / SPEC §4).
+
+    File names are format strings with ``{epoch}``. The keys map engine roles to the key
+    names users' tools read, e.g. VAE ``module_keys={"model": "state_dict"}``,
+    ``optimizer_key="opt"``; diffusion ``module_keys={"image_encoder": "image_encoder_state",
+    "unet": "unet_state"}``, ``optimizer_key="optimizer_state"``.
+    """
+
+    model: str  # "vae", "diffusion", "vit", "depth", ...
+    module_keys: Mapping[str, str]  # module name -> checkpoint key of its state_dict
+    epoch_file: str  # e.g. "vae_epoch_{epoch}.pth"
+    last_file: str  # e.g. "vae_last.pth" (written every epoch; resume)
+    best_file: str | None = None  # e.g. "vae_best.pth"
+    final_file: str | None = None  # e.g. "final_model.pth" (ViT)
+    every_n_epochs: int = 1  # epoch files every N epochs (ViT: 5)
+    optimizer_key: str = "optimizer_state"
+    scheduler_key: str = "scheduler_state"
+    epoch_key: str = "epoch"
+    step_key: str = "global_step"
+    epoch_log_file: str | None = None  # JSON list, one entry per epoch
+    report_file: str | None = None  # JSON written at the end of training
+    monitor: str = "val_loss"  # metric that decides "best"
+    mode: str = "min"  # "min" or "max"
+
+    def epoch_name(self, epoch: int) -> str:
+        return self.epoch_file.format(epoch=epoch)
+
+
+@dataclass
+class StepContext:
+    """What the engine tells a task during a step (read-only for the task)."""
+
+    epoch: int  # 1-based epoch being trained
+    global_step: int  # optimizer steps done before this one
+    device: torch.device
+    generator: torch.Generator  # the only source of randomness a task may use in a step
+    precision: str = "fp32"
+    world_size: int = 1
+    rank: int = 0
+
+
+class TrainTask(abc.ABC):
+    """One model's part of training. Configs are dataclasses; checkpoints store them as dicts."""
+
+    name: ClassVar[str]
+    schema: ClassVar[CheckpointSchema]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.config_class()
+
+    # -- config ------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any]) -> "TrainTask":
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        return cls(cls.config_class(**{k: v for k, v in d.items() if k in names}))
+
+    # -- model -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_modules(self) -> dict[str, nn.Module]:
+        """The trainable modules by name (keys of ``schema.module_keys``)."""
+
+    def configure_optimizer(self, modules: Mapping[str, nn.Module], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    # -- steps -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss (scalar tensor, with grad) and its named parts as floats for the logs."""
+
+    @abc.abstractmethod
+    def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
+        """Metrics of one validation batch; the engine averages them weighted by batch size.
+        Must include ``schema.monitor`` unless the monitor is a training metric."""
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        """Hook for schedules that follow epochs (e.g. KL annealing)."""
+
+    # -- checkpoint extras -------------------------------------------------------------
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """Model-specific keys of seed 000 (e.g. ``kl_weight``, ``last_parts``) and task state
+        (e.g. a replay buffer) — plain values or tensors only (loaded with weights_only)."""
+        return {}
+
+    def load_checkpoint_extras(self, payload: Mapping[str, Any]) -> None:
+        """Restore what ``checkpoint_extras`` saved."""
+
+    def epoch_log_extras(self) -> dict[str, Any]:
+        """Extra fields of this epoch's entry in the epoch log (e.g. ``kl_weight``)."""
+        return {}
+
+    def report_extras(self) -> dict[str, Any]:
+        """Extra fields of the final training report."""
+        return {}
+
+    # -- verification (cad3d ckpt verify) ------------------------------------------------
+    @abc.abstractmethod
+    def example_batch(self, batch_size: int = 2, generator: torch.Generator | None = None) -> Any:
+        """A small synthetic batch of the right shapes, on CPU."""
+
+    @abc.abstractmethod
+    def forward_check(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
+        """A forward pass in eval mode; the output must be finite."""
+
+
+_REGISTRY: dict[str, type[TrainTask]] = {}
+
+
+def register_task(cls: type[TrainTask]) -> type[TrainTask]:
+    """Class decorator: make a task findable by its ``name`` (checkpoint metadata ``task``)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_task_class(name: str) -> type[TrainTask]:
+    _import_builtin_tasks()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown training task {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def known_tasks() -> list[str]:
+    _import_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+# Modules that register the built-in tasks when imported. Model issues append theirs here.
+BUILTIN_TASK_MODULES: list[str] = []
+
+
+def _import_builtin_tasks() -> None:
+    import importlib
+
+    for module in BUILTIN_TASK_MODULES:
+        importlib.import_module(module)
+
+
