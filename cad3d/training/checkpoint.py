@@ -1,0 +1,823 @@
+"""Checkpoint files: atomic writes, a sha256 manifest, safe loading, retention and resume.
+
+A checkpoint is one dict saved with ``torch.save``: the seed-000 keys of the model's
+`CheckpointSchema` (epoch, step, state dicts, optimizer, scheduler, task extras), plus
+``"cad3d_meta"`` (plain metadata, readable without loading the weights) and ``"cad3d_resume"``
+(the engine's private resume state). Loading is ``torch.load(weights_only=True)`` only.
+
+Crash safety. Every file is written to a temp file in the same folder, fsynced, and published
+with ``os.replace`` (the commit point). The manifest ``checkpoints_manifest.json`` lists the
+sha256 of every file we wrote. Invariant: *at every instant, the manifest's entry for a name
+accepts the bytes currently at that name*. To keep it across a kill, a save runs:
+
+1. write + fsync the temp file (its sha256 is computed while writing);
+2. write the manifest with the entry marked ``pending``: the new hash, and the previous entry
+   (the bytes still on disk) kept under ``"previous"``;
+3. ``os.replace(temp, name)``, fsync the folder;
+4. write the manifest with the entry resolved (no ``pending``/``previous``).
+
+A reader accepts a file whose hash is the entry's ``sha256`` or, while pending, the previous
+one; anything else is tampered or partial. A writer resolves pending entries on start by
+hashing the file. Deletion is file first, then manifest (an entry without a file is ignored),
+and a file is deleted only after its replacement is published (save before delete).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import platform
+import re
+import subprocess
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from cad3d.errors import CheckpointError
+from cad3d.training.task import CheckpointSchema
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # of "cad3d_meta" and of the manifest
+META_KEY = "cad3d_meta"
+RESUME_KEY = "cad3d_resume"
+MANIFEST_NAME = "checkpoints_manifest.json"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+FILE_KINDS = ("epoch", "last", "best", "final")
+_TMP_MARK = ".tmp-"  # temp files: ".<name>.tmp-<pid>-<random>"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointEnvironmentWarning(UserWarning):
+    """A checkpoint made in a different environment (torch/cad3d version, CUDA vs CPU)."""
+
+
+# ---------------------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------------------
+class _HashingWriter:
+    """File-like wrapper that hashes what passes through (so a save needs no second read)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        return self._f.write(b)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _atomic_write(path, writer) -> str:
+    """Write through ``writer(file_like)`` to a temp file, fsync, publish; return the sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            hw = _HashingWriter(f)
+            writer(hw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return hw.sha.hexdigest()
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write ``obj`` as JSON (indent=2) to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def atomic_torch_save(obj, path) -> str:
+    """``torch.save(obj)`` to ``path`` atomically; returns the sha256 hex of the bytes written."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sha256_file(path) -> str:
+    """sha256 hex digest of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def _cad3d_version() -> str:
+    from cad3d import __version__
+
+    return __version__
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions recorded in ``cad3d_meta["versions"]``."""
+    return {
+        "cad3d": _cad3d_version(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def plain(value: Any, where: str = "cad3d_meta") -> Any:
+    """``value`` as plain Python (bool/int/float/str/None, lists, str-keyed dicts), so it loads
+    with weights_only anywhere: subclasses such as ``TorchVersion`` or ``numpy.float64`` become
+    their base type, tuples become lists; anything else is a TypeError naming where it is."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return plain(value.item(), where)
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a string")
+            out[str(k)] = plain(v, f"{where}.{k}")
+        return out
+    raise TypeError(f"{where}: {type(value).__name__} is not a plain value")
+
+
+def build_metadata(**fields) -> dict:
+    """The ``cad3d_meta`` dict: defaults, versions, git commit and creation time, then ``fields``.
+
+    Fields the engine usually gives: task, file_kind, epoch, global_step, epoch_complete,
+    metrics, device, precision, world_size, seed, config. Values must be plain (JSON-like).
+    """
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "task": None,
+        "file_kind": None,
+        "epoch": None,
+        "global_step": None,
+        "epoch_complete": True,
+        "metrics": {},
+        "versions": environment_versions(),
+        "device": None,
+        "precision": None,
+        "world_size": 1,
+        "seed": None,
+        "config": {},
+        "git_commit": _git_commit(),
+        "created": _now(),
+    }
+    meta.update(fields)
+    meta["metrics"] = {str(k): float(v) for k, v in (meta.get("metrics") or {}).items()}
+    return plain(meta)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------
+# manifest
+# ---------------------------------------------------------------------------------------
+def read_manifest(directory) -> dict:
+    """The folder's manifest, or an empty one when missing. A corrupt manifest is an error."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"schema_version": SCHEMA_VERSION, "files": {}}
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint manifest ({exc})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the checkpoint manifest is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise CheckpointError(f"{path}: the checkpoint manifest has no 'files' table")
+    return data
+
+
+def write_manifest(directory, manifest: dict) -> None:
+    atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
+
+
+def accepted_hashes(entry: Mapping[str, Any] | None) -> set[str]:
+    """Hashes the manifest accepts for a name: its sha256 and, while pending, the previous one."""
+    if not entry:
+        return set()
+    hashes = {entry.get("sha256")}
+    previous = entry.get("previous")
+    if entry.get("pending") and previous:
+        hashes.add(previous.get("sha256"))
+    return {h for h in hashes if h}
+
+
+def hash_status(path) -> tuple[str, str | None]:
+    """``("ok"|"mismatch"|"unlisted", actual_sha256)`` of a file against its folder's manifest."""
+    path = Path(path)
+    entry = read_manifest(path.parent)["files"].get(path.name)
+    if not entry:
+        return "unlisted", None
+    actual = sha256_file(path)
+    return ("ok" if actual in accepted_hashes(entry) else "mismatch"), actual
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    """The informative line of an exception (torch's weights_only errors are paragraphs)."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or ln.startswith("WeightsUnpickler error"):
+            return ln.split(" Please use ", 1)[0]
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error") or ln.endswith("WeightsUnpickler error:"):
+            return " ".join(lines[i : i + 2])
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if getter is None:
+        return []
+    try:
+        return list(getter(str(path)))
+    except Exception:  # noqa: BLE001 - best effort, only to name the culprit
+        return []
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _torch_load(path: Path, *, map_location, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes): an interrupted or failed write")
+    head = _read_head(path)
+    is_zip = head == _ZIP_MAGIC
+    if not is_zip and not head.startswith(b"\x80"):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle): corrupt or a different file type"
+        )
+    kwargs: dict[str, Any] = {"map_location": map_location, "weights_only": True}
+    if mmap and is_zip:
+        kwargs["mmap"] = True
+    try:
+        return torch.load(path, **kwargs)
+    except pickle.UnpicklingError as exc:
+        cause = _first_line(exc)
+        # A readable zip whose pickle weights_only rejects holds objects other than tensors and
+        # plain values; for a legacy pickle, only a rejected GLOBAL says so (else: corrupt).
+        if is_zip or "GLOBAL" in str(exc):
+            names = _unsafe_globals(path) if is_zip else []
+            named = f" (unsupported globals: {', '.join(names)})" if names else ""
+            raise CheckpointError(
+                f"{path}: refused to load: the file needs unsafe unpickling{named}; it may contain arbitrary code and "
+                f"will not be loaded ({cause})"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt checkpoint: cannot unpickle it ({cause})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        cause = _first_line(exc)
+        if is_zip:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (zip archive unreadable: {cause})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({cause})") from None
+
+
+def zip_crc_ok(path) -> bool | None:
+    """Whether every record of a torch zip checkpoint matches its CRC32 (None: not a zip).
+
+    torch.load does not check CRCs of tensor data, so this catches flipped bytes in files the
+    manifest does not list.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except zipfile.BadZipFile:
+        return False if _read_head(Path(path)) == _ZIP_MAGIC else None
+    except (OSError, EOFError, RuntimeError, ValueError):
+        return False
+
+
+def _check_structure(payload: Any, path: Path, expected_task: str | None) -> dict:
+    if not isinstance(payload, dict) or META_KEY not in payload:
+        what = "not a dict" if not isinstance(payload, dict) else "no 'cad3d_meta' metadata"
+        raise CheckpointError(
+            f"{path}: foreign checkpoint ({what}); convert it with `cad3d ckpt migrate {path.parent}`"
+        )
+    meta = payload[META_KEY]
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'cad3d_meta' is not a dict; convert it with `cad3d ckpt migrate`")
+    version = meta.get("schema_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: 'cad3d_meta' has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema_version {version} is newer than this cad3d supports ({SCHEMA_VERSION}); "
+            "upgrade cad3d"
+        )
+    if expected_task is not None and meta.get("task") != expected_task:
+        raise CheckpointError(f"{path}: checkpoint is for task {meta.get('task')!r}, expected {expected_task!r}")
+    return meta
+
+
+def environment_differences(meta: Mapping[str, Any]) -> list[str]:
+    """Differences between the checkpoint's environment and this one, as sentences."""
+    diffs = []
+    versions = meta.get("versions") or {}
+    here = environment_versions()
+    for name in ("torch", "cad3d"):
+        theirs = versions.get(name)
+        if theirs and theirs != here[name]:
+            diffs.append(f"saved with {name} {theirs}, running {name} {here[name]}")
+    device = str(meta.get("device") or "")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        diffs.append(f"trained on {device}, CUDA is not available here (loading on CPU)")
+    elif device == "cpu" and torch.cuda.is_available():
+        diffs.append("trained on CPU, running where CUDA is available (results may differ slightly)")
+    return diffs
+
+
+def load_checkpoint(
+    path,
+    *,
+    map_location="cpu",
+    expected_task: str | None = None,
+    verify_hash: bool = True,
+) -> dict:
+    """Load a cad3d checkpoint safely (``weights_only``, never an unsafe fallback).
+
+    Raises `CheckpointError` naming the file and the cause for a missing, empty, truncated,
+    corrupt, tampered (sha256 differs from the folder's manifest, or a zip CRC fails when the
+    manifest does not list it), unsafe (needs arbitrary unpickling) or foreign file, a task other
+    than ``expected_task``, or a newer schema. Warns (`CheckpointEnvironmentWarning`) when the
+    environment differs from the one that saved it.
+    """
+    path = Path(path)
+    mismatch = None
+    if verify_hash and path.is_file():
+        status, actual = hash_status(path)
+        if status == "mismatch":
+            mismatch = actual
+        elif status == "unlisted" and zip_crc_ok(path) is False:
+            _torch_load(path, map_location="cpu", mmap=True)  # a more specific cause first, if any
+            raise CheckpointError(f"{path}: corrupt or tampered checkpoint: zip CRC check failed for its data")
+    try:
+        payload = _torch_load(path, map_location=map_location)
+    except CheckpointError as exc:
+        if mismatch:
+            raise CheckpointError(f"{exc}; its sha256 also differs from {MANIFEST_NAME}") from None
+        raise
+    if mismatch:
+        raise CheckpointError(
+            f"{path}: sha256 {mismatch[:12]}… does not match {MANIFEST_NAME}: the file was modified or only "
+            "partly written (tampered?); it will not be used"
+        )
+    meta = _check_structure(payload, path, expected_task)
+    for diff in environment_differences(meta):
+        warnings.warn(f"{path}: {diff}", CheckpointEnvironmentWarning, stacklevel=2)
+    return payload
+
+
+def _load_mmap(path) -> dict:
+    """The payload with tensors memory-mapped on CPU (nothing read until touched)."""
+    return _torch_load(Path(path), map_location="cpu", mmap=True)
+
+
+def read_metadata(path) -> dict:
+    """``cad3d_meta`` of a checkpoint without materialising its weights (memory-mapped, CPU).
+
+    Does not check the hash (see `load_checkpoint`); raises `CheckpointError` like it for
+    unreadable, unsafe or foreign files.
+    """
+    path = Path(path)
+    payload = _load_mmap(path)
+    return dict(_check_structure(payload, path, None))
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Any], *, path, key: str) -> None:
+    """``module.load_state_dict(state_dict)``; on any mismatch raise `CheckpointError` listing
+    missing and unexpected keys and shape mismatches, naming the file and the key."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{path}: key {key!r} is not a state dict (got {type(state_dict).__name__})")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {_short_list(shapes)}")
+        raise CheckpointError(
+            f"{path}: state dict {key!r} does not fit {type(module).__name__} (architecture mismatch): " + "; ".join(parts)
+        )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot load state dict {key!r}: {_first_line(exc)}") from None
+
+
+def _short_list(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------
+# the manager
+# ---------------------------------------------------------------------------------------
+def epoch_file_pattern(schema: CheckpointSchema) -> re.Pattern:
+    """Regex matching the schema's epoch file names; group 1 is the epoch."""
+    template = re.escape(schema.epoch_file).replace(re.escape("{epoch}"), r"(\d+)")
+    return re.compile(rf"^{template}$")
+
+
+def is_temp_file(name: str) -> bool:
+    return name.startswith(".") and _TMP_MARK in name
+
+
+def _metric_better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if mode == "min" else value > best
+
+
+class CheckpointManager:
+    """Writes, lists, prunes and finds the checkpoints of one run folder (rank 0 writes).
+
+    The engine calls `save_epoch` at each epoch end, `save_last` mid-epoch or on SIGTERM,
+    `save_final` at the end, and `find_resume` for ``--resume auto``.
+    """
+
+    def __init__(
+        self,
+        directory,
+        schema: CheckpointSchema,
+        *,
+        keep_last: int | None = None,
+        is_writer: bool = True,
+    ):
+        if keep_last is not None and keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0 or None, got {keep_last}")
+        if schema.mode not in ("min", "max"):
+            raise ValueError(f"schema.mode must be 'min' or 'max', got {schema.mode!r}")
+        self.directory = Path(directory)
+        self.schema = schema
+        self.keep_last = keep_last
+        self.is_writer = is_writer
+        self._epoch_re = epoch_file_pattern(schema)
+        self._manifest = read_manifest(self.directory) if self.directory.is_dir() else {"schema_version": SCHEMA_VERSION, "files": {}}
+        if is_writer and self.directory.is_dir():
+            self._recover()
+
+    # -- manifest -----------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    def _write_manifest(self) -> None:
+        self._manifest["schema_version"] = SCHEMA_VERSION
+        write_manifest(self.directory, self._manifest)
+
+    def _recover(self) -> None:
+        """After a crash: remove our stale temp files and resolve pending manifest entries."""
+        for p in self.directory.iterdir():
+            if is_temp_file(p.name) and not _pid_alive_in_name(p.name):
+                logger.info("removing temp file %s left by an interrupted save", p)
+                p.unlink(missing_ok=True)
+        files = self._manifest["files"]
+        changed = False
+        for name, entry in list(files.items()):
+            if not entry.get("pending"):
+                continue
+            changed = True
+            path = self.directory / name
+            actual = sha256_file(path) if path.is_file() else None
+            previous = entry.get("previous")
+            if actual == entry.get("sha256"):
+                files[name] = _resolved(entry)
+                self._update_best_from_entry(name, files[name])
+            elif previous and actual == previous.get("sha256"):
+                files[name] = previous
+            else:
+                files.pop(name)  # nothing of ours at that name; verify will flag a stray file
+        if changed:
+            self._write_manifest()
+
+    @property
+    def best_metric(self) -> float | None:
+        """Best value of ``schema.monitor`` so far (restored from the manifest on resume)."""
+        best = self._manifest.get("best")
+        if best and best.get("monitor") == self.schema.monitor:
+            return float(best["value"])
+        return None
+
+    def _update_best_from_entry(self, name: str, entry: Mapping[str, Any]) -> None:
+        if name == self.schema.best_file and entry.get("kind") == "best":
+            value = (entry.get("metrics") or {}).get(self.schema.monitor)
+            if value is not None:
+                self._set_best(float(value), entry.get("epoch"), entry.get("global_step"))
+
+    def _set_best(self, value: float, epoch, global_step) -> None:
+        self._manifest["best"] = {
+            "monitor": self.schema.monitor,
+            "mode": self.schema.mode,
+            "value": value,
+            "epoch": epoch,
+            "global_step": global_step,
+        }
+
+    # -- saving -------------------------------------------------------------------------
+    def _payload_for(self, payload: Mapping[str, Any], kind: str, **meta_fields) -> dict:
+        """A shallow copy of the payload whose metadata says what this file is."""
+        out = dict(payload)
+        meta = dict(payload.get(META_KEY) or build_metadata(task=self.schema.model))
+        meta.update({k: v for k, v in meta_fields.items() if v is not None})
+        meta["file_kind"] = kind
+        meta.setdefault("schema_version", SCHEMA_VERSION)
+        if "metrics" in meta_fields and meta_fields["metrics"] is not None:
+            meta["metrics"] = {str(k): float(v) for k, v in meta_fields["metrics"].items()}
+        out[META_KEY] = meta = plain(meta)
+        if meta.get("epoch") is not None:
+            out.setdefault(self.schema.epoch_key, meta["epoch"])
+        if meta.get("global_step") is not None:
+            out.setdefault(self.schema.step_key, meta["global_step"])
+        return out
+
+    def _write(self, name: str, payload: dict) -> Path:
+        """Publish one checkpoint file, keeping the manifest invariant (see the module doc)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / name
+        meta = payload[META_KEY]
+        tmp = _temp_path(path)
+        try:
+            with open(tmp, "wb") as f:
+                hw = _HashingWriter(f)
+                torch.save(payload, hw)
+                f.flush()
+                os.fsync(f.fileno())
+            entry = {
+                "sha256": hw.sha.hexdigest(),
+                "size": tmp.stat().st_size,
+                "epoch": meta.get("epoch"),
+                "global_step": meta.get("global_step"),
+                "kind": meta.get("file_kind"),
+                "epoch_complete": bool(meta.get("epoch_complete", True)),
+                "metrics": dict(meta.get("metrics") or {}),
+                "created": meta.get("created") or _now(),
+            }
+            files = self._manifest["files"]
+            previous = files.get(name)
+            if previous and previous.get("pending"):
+                previous = previous.get("previous")
+            if not path.exists():
+                previous = None
+            elif previous is None:  # a file the manifest does not list: accept its bytes meanwhile
+                previous = {"sha256": sha256_file(path)}
+            files[name] = {**entry, "pending": True, "previous": previous}
+            self._write_manifest()  # 2. the new hash is accepted before the bytes appear
+            os.replace(tmp, path)  # 3. commit point
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+        files[name] = entry
+        self._update_best_from_entry(name, entry)
+        self._write_manifest()  # 4. resolved
+        logger.debug("saved checkpoint %s (%s)", path, entry["sha256"][:12])
+        return path
+
+    def _delete(self, name: str) -> None:
+        (self.directory / name).unlink(missing_ok=True)
+        if self._manifest["files"].pop(name, None) is not None:
+            self._write_manifest()
+
+    def save_epoch(self, payload: dict, *, epoch: int, global_step: int, metrics: Mapping[str, float]) -> list[Path]:
+        """End of an epoch: ``last`` always, the epoch file every ``schema.every_n_epochs``,
+        ``best`` when ``metrics[schema.monitor]`` improves (NaN never does); then prune to
+        ``keep_last`` epoch files. Returns the files written (none on a non-writer rank)."""
+        if not self.is_writer:
+            return []
+        fields = {"epoch": epoch, "global_step": global_step, "metrics": dict(metrics), "epoch_complete": True}
+        written = [self._write(self.schema.last_file, self._payload_for(payload, "last", **fields))]
+        n = max(1, int(self.schema.every_n_epochs))
+        if epoch % n == 0:
+            name = self.schema.epoch_name(epoch)
+            written.append(self._write(name, self._payload_for(payload, "epoch", **fields)))
+        value = metrics.get(self.schema.monitor)
+        if value is None:
+            logger.debug("metric %r not in this epoch's metrics; best not updated", self.schema.monitor)
+        elif _metric_better(float(value), self.best_metric, self.schema.mode):
+            if self.schema.best_file:
+                written.append(self._write(self.schema.best_file, self._payload_for(payload, "best", **fields)))
+            else:
+                self._set_best(float(value), epoch, global_step)
+                self._write_manifest()
+        if self.keep_last is not None:
+            self.prune(self.keep_last)
+        return written
+
+    def save_last(self, payload: dict, *, epoch: int, global_step: int, metrics: Mapping[str, float] | None = None) -> Path | None:
+        """Write ``last`` now (mid-epoch or on SIGTERM). ``epoch_complete`` comes from the
+        payload's metadata (False when not given)."""
+        if not self.is_writer:
+            return None
+        complete = bool((payload.get(META_KEY) or {}).get("epoch_complete", False))
+        fields = {
+            "epoch": epoch,
+            "global_step": global_step,
+            "metrics": dict(metrics) if metrics is not None else None,
+            "epoch_complete": complete,
+        }
+        return self._write(self.schema.last_file, self._payload_for(payload, "last", **fields))
+
+    def save_final(self, payload: dict) -> Path | None:
+        """Write ``schema.final_file`` (e.g. ViT ``final_model.pth``), if the schema has one."""
+        if not self.is_writer or not self.schema.final_file:
+            return None
+        return self._write(self.schema.final_file, self._payload_for(payload, "final"))
+
+    # -- listing, retention, resume -----------------------------------------------------
+    def epoch_files(self) -> list[tuple[int, Path]]:
+        """``(epoch, path)`` of the schema's epoch files present, oldest first (by epoch in name)."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for p in self.directory.iterdir():
+            m = self._epoch_re.match(p.name)
+            if m and p.is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def prune(self, keep_last: int, *, dry_run: bool = False) -> list[Path]:
+        """Delete all but the ``keep_last`` newest epoch files (never best, last or final).
+        Returns the files deleted (or that would be, with ``dry_run``)."""
+        if keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        protected = {self.schema.last_file, self.schema.best_file, self.schema.final_file}
+        files = [p for _, p in self.epoch_files() if p.name not in protected]
+        doomed = files[: max(0, len(files) - keep_last)]
+        if not dry_run and self.is_writer:
+            for p in doomed:
+                logger.info("pruning %s", p)
+                self._delete(p.name)
+        return doomed
+
+    def candidates(self) -> list[Path]:
+        """Checkpoint files of this schema present in the folder (last, best, final, epochs)."""
+        names = [self.schema.last_file, self.schema.best_file, self.schema.final_file]
+        out = [self.directory / n for n in names if n and (self.directory / n).is_file()]
+        return out + [p for _, p in self.epoch_files()]
+
+    def find_resume(self) -> Path | None:
+        """The newest complete, valid checkpoint by ``(global_step, epoch)`` from its metadata
+        (not mtime), or None. Invalid files are skipped with a warning naming them."""
+        ranked = []
+        for path in self.candidates():
+            try:
+                meta = read_metadata(path)
+            except CheckpointError as exc:
+                warnings.warn(f"skipping checkpoint for resume: {exc}", stacklevel=2)
+                continue
+            if meta.get("file_kind") == "final":
+                continue
+            step, epoch = meta.get("global_step"), meta.get("epoch")
+            if not isinstance(step, int) or not isinstance(epoch, int):
+                warnings.warn(f"skipping checkpoint for resume: {path}: metadata has no epoch/global_step", stacklevel=2)
+                continue
+            # Same step: prefer a finished epoch, then last > epoch > best (same state, but the
+            # ones written first each epoch are the most likely to carry full resume state).
+            kind_rank = {"last": 3, "epoch": 2, "best": 1}.get(meta.get("file_kind"), 0)
+            prefer = (bool(meta.get("epoch_complete", True)), kind_rank)
+            ranked.append(((step, epoch, *prefer), path))
+        ranked.sort(key=lambda t: t[0], reverse=True)
+        for _, path in ranked:
+            problem = self._integrity_problem(path)
+            if problem is None:
+                return path
+            warnings.warn(f"skipping checkpoint for resume: {path}: {problem}", stacklevel=2)
+        return None
+
+    def _integrity_problem(self, path: Path) -> str | None:
+        """Why a file cannot be trusted (hash/CRC/load), or None."""
+        entry = read_manifest(self.directory)["files"].get(path.name)
+        if entry:
+            if sha256_file(path) not in accepted_hashes(entry):
+                return f"sha256 does not match {MANIFEST_NAME} (tampered or partly written)"
+            payload = _load_mmap(path)
+        else:
+            if zip_crc_ok(path) is False:
+                return "zip CRC check failed (corrupt or tampered)"
+            try:
+                payload = _torch_load(path, map_location="cpu")
+            except CheckpointError as exc:
+                return str(exc)
+        if RESUME_KEY not in payload:
+            return f"no {RESUME_KEY!r} resume state"
+        return None
+
+
+def _pid_alive_in_name(name: str) -> bool:
+    m = re.search(re.escape(_TMP_MARK) + r"(\d+)-", name)
+    if not m:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _resolved(entry: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in entry.items() if k not in ("pending", "previous")}
+
+
+def iter_checkpoint_files(directory) -> Iterable[Path]:
+    """Files in a folder that look like checkpoints (by suffix or manifest listing), sorted."""
+    directory = Path(directory)
+    listed = set(read_manifest(directory)["files"])
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and not is_temp_file(p.name) and (p.suffix in CHECKPOINT_SUFFIXES or p.name in listed):
+            yield p
