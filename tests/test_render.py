@@ -1,0 +1,178 @@
+"""Technical-drawing renderer: lines where a drafter puts them, depth that lifts onto the mesh."""
+
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import ConvexHull
+
+from cad3d.data.parts import make_part
+from cad3d.data.render import Drawing, render_drawing
+from cad3d.geometry.camera import FRONT_FORWARD, OrthoCamera, iso_camera, random_camera, three_view_cameras
+
+BOX_EXTENTS = np.array([1.0, 0.8, 0.6])
+
+
+def _normalized(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    mesh = mesh.copy()
+    mesh.apply_translation(-(mesh.bounds[0] + mesh.bounds[1]) / 2)
+    mesh.apply_scale(1.0 / np.linalg.norm(mesh.vertices, axis=1).max())
+    return mesh
+
+
+@pytest.fixture(scope="module")
+def box():
+    return _normalized(trimesh.creation.box(extents=BOX_EXTENTS))
+
+
+def _ink_near(image, uv, radius=1):
+    """(N,) whether any black pixel lies within ``radius`` pixels of each (u, v) point."""
+    h, w = image.shape
+    col, row = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+    hit = np.zeros(len(uv), dtype=bool)
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            hit |= image[np.clip(row + dr, 0, h - 1), np.clip(col + dc, 0, w - 1)] == 0
+    return hit
+
+
+def _along(uv_a, uv_b, n=60, trim=0.15):
+    t = np.linspace(trim, 1 - trim, n)[:, None]
+    return uv_a + t * (uv_b - uv_a)
+
+
+def test_image_and_depth_format(box):
+    drawing = render_drawing(box, [iso_camera()])
+    assert isinstance(drawing, Drawing)
+    assert drawing.image.shape == (256, 256) and drawing.image.dtype == np.uint8
+    assert drawing.depth.shape == (256, 256) and drawing.depth.dtype == np.float32
+    assert set(np.unique(drawing.image)) == {0, 255}  # crisp, no grey
+    assert drawing.image[0, 0] == 255 and drawing.image[-1, -1] == 255
+    assert 200 < (drawing.image == 0).sum() < 0.2 * drawing.image.size
+    assert drawing.depth[0, 0] == 0 and drawing.depth.max() > 0
+    assert len(drawing.cameras) == 1
+
+
+def test_box_silhouette_and_visible_edges_are_drawn(box):
+    cam = iso_camera()
+    image = render_drawing(box, [cam]).image
+    corners = trimesh.creation.box(extents=BOX_EXTENTS).vertices
+    corners = corners / np.linalg.norm(corners, axis=1).max()
+    uv, depth = cam.project(corners)
+    nearest = np.argmin(depth)
+    # The three edges from the corner nearest the eye are visible sharp edges.
+    for other in range(8):
+        if np.sum(np.abs(corners[other] - corners[nearest]) > 1e-9) == 1:
+            assert _ink_near(image, _along(uv[nearest], uv[other])).mean() > 0.95
+    # The outline (hexagon) of the box is drawn.
+    ring = ConvexHull(uv).vertices
+    for a, b in zip(ring, np.roll(ring, -1)):
+        assert _ink_near(image, _along(uv[a], uv[b])).mean() > 0.95
+
+
+def test_hidden_edges_only_when_dashed(box):
+    cam = iso_camera()
+    corners = trimesh.creation.box(extents=BOX_EXTENTS).vertices
+    corners = corners / np.linalg.norm(corners, axis=1).max()
+    uv, depth = cam.project(corners)
+    far = np.argmax(depth)  # the corner hidden behind the box
+    plain = render_drawing(box, [cam], hidden="none").image
+    dashed = render_drawing(box, [cam], hidden="dashed").image
+    for other in range(8):
+        if np.sum(np.abs(corners[other] - corners[far]) > 1e-9) == 1:
+            samples = _along(uv[far], uv[other], n=120, trim=0.1)
+            # (a hidden edge of a box crosses one visible edge in this view)
+            assert _ink_near(plain, samples, radius=0).mean() < 0.08
+            coverage = _ink_near(dashed, samples, radius=0).mean()
+            assert 0.4 < coverage < 0.8, coverage  # dashes, not a solid line
+
+
+def test_cylinder_side_has_no_facet_lines():
+    cyl = _normalized(trimesh.creation.cylinder(radius=0.5, height=1.2, sections=48))
+    cam = OrthoCamera.looking(FRONT_FORWARD, name="front")
+    image = render_drawing(cyl, [cam]).image
+    uv, _ = cam.project(cyl.vertices)
+    u0, u1 = uv[:, 0].min(), uv[:, 0].max()
+    v0, v1 = uv[:, 1].min(), uv[:, 1].max()
+    inner = image[int(v0) + 3 : int(v1) - 2, int(u0) + 3 : int(u1) - 2]
+    assert inner.size > 1000 and (inner == 0).sum() == 0
+    # The outline is there, and lowering the threshold below the facet angle shows the facets.
+    assert (image == 0).sum() > 2 * ((v1 - v0) + (u1 - u0)) * 0.9
+    faceted = render_drawing(cyl, [cam], sharp_angle_deg=5.0).image
+    assert (faceted[int(v0) + 3 : int(v1) - 2, int(u0) + 3 : int(u1) - 2] == 0).sum() > 100
+
+
+def _box_surface_distance(points, half):
+    q = np.abs(points) - half
+    outside = np.linalg.norm(np.maximum(q, 0), axis=1)
+    inside = np.minimum(np.max(q, axis=1), 0)
+    return np.abs(outside + inside)
+
+
+@pytest.mark.parametrize("camera", [iso_camera(), random_camera(np.random.default_rng(3))], ids=["iso", "random"])
+def test_depth_lifts_onto_box_surface(box, camera):
+    depth = render_drawing(box, [camera]).depth
+    rows, cols = np.nonzero(depth)
+    assert len(rows) > 5000
+    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    points = camera.unproject(uv, depth[rows, cols])
+    half = BOX_EXTENTS / 2 / np.linalg.norm(BOX_EXTENTS / 2)
+    assert _box_surface_distance(points, half).max() < 1.0 / camera.scale
+    # The depth is the ray's entry into the box (the nearest surface), and every pixel whose
+    # centre ray hits the box has depth.
+    h, w = depth.shape
+    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    origins = camera.unproject(np.stack([jj.ravel(), ii.ravel()], axis=1), np.zeros(h * w))
+    direction = camera.forward
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (-half - origins) / direction, (half - origins) / direction
+    t_enter = np.minimum(t1, t2).max(axis=1).reshape(h, w)
+    t_exit = np.maximum(t1, t2).min(axis=1).reshape(h, w)
+    solid_hit = t_exit - t_enter > 2.0 / camera.scale
+    assert np.all(depth[solid_hit] > 0)
+    assert np.abs(depth[rows, cols] - t_enter[rows, cols]).max() < 1.0 / camera.scale
+
+
+def test_depth_lifts_onto_nonconvex_part():
+    mesh, _ = make_part("t_beam", np.random.default_rng(4))
+    mesh = _normalized(mesh)
+    camera = random_camera(np.random.default_rng(1))
+    depth = render_drawing(mesh, [camera]).depth
+    rows, cols = np.nonzero(depth)
+    pick = np.random.default_rng(0).choice(len(rows), size=min(1500, len(rows)), replace=False)
+    rows, cols = rows[pick], cols[pick]
+    points = camera.unproject(np.stack([cols + 0.5, rows + 0.5], axis=1), depth[rows, cols])
+    tris = mesh.triangles  # (F, 3, 3)
+    n, f = len(points), len(tris)
+    closest = trimesh.triangles.closest_point(np.tile(tris, (n, 1, 1)), np.repeat(points, f, axis=0))
+    dist = np.linalg.norm(closest - np.repeat(points, f, axis=0), axis=1).reshape(n, f).min(axis=1)
+    assert dist.max() < 1.0 / camera.scale
+
+
+def test_three_view_panels_draw_inside_their_viewports(box):
+    cams = three_view_cameras()
+    drawing = render_drawing(box, cams, hidden="dashed")
+    assert drawing.image.shape == (256, 256)
+    for cam in cams:
+        r0, c0, vh, vw = cam.viewport
+        panel = drawing.image[r0 : r0 + vh, c0 : c0 + vw]
+        assert (panel == 0).sum() > 100, cam.name
+        # A margin of white around the drawing in each panel: nothing leaks into a neighbour.
+        assert (panel[:2] == 255).all() and (panel[-2:] == 255).all(), cam.name
+        assert (panel[:, :2] == 255).all() and (panel[:, -2:] == 255).all(), cam.name
+        assert (drawing.depth[r0 : r0 + vh, c0 : c0 + vw] > 0).sum() > 500, cam.name
+
+
+def test_line_width_and_determinism(box):
+    cam = iso_camera()
+    thin = render_drawing(box, [cam]).image
+    again = render_drawing(box, [cam]).image
+    thick = render_drawing(box, [cam], line_width=2.5).image
+    assert np.array_equal(thin, again)
+    assert (thick == 0).sum() > 1.5 * (thin == 0).sum()
+
+
+def test_rejects_bad_arguments(box):
+    with pytest.raises(ValueError):
+        render_drawing(box, [iso_camera()], hidden="dotted")
+    with pytest.raises(ValueError):
+        render_drawing(box, [])
