@@ -11,14 +11,39 @@ checkpoints. A trainer for a new model is a `TrainTask` subclass registered unde
 
 `cad3d ckpt verify` finds the task of a checkpoint through the registry (the checkpoint's
 metadata names it) to rebuild the modules and run a forward pass.
+
+What a model engineer writes (a screen of code):
+
+- ``name``, ``schema``, ``config_class`` (a dataclass), optionally ``display_name`` and
+  ``architecture`` (the "model" and "architecture" fields of the training report);
+- ``build_modules``, ``training_step``, ``validation_step`` (and ``configure_optimizer`` when
+  AdamW over all parameters is not right);
+- ``build_datasets(data_dir, seed=...)``: how ``cad3d train NAME --data DIR`` gets its
+  (train, val) datasets; val may be None. Datasets that augment should draw their randomness
+  from (seed, epoch, index) and may define ``set_epoch(epoch)``, which the engine calls before
+  every epoch: then the data are the same whatever the number of workers, and resume is exact;
+- ``presets()``: task configs by preset name ("tiny", "full"), and ``engine_presets()``:
+  `EngineConfig` field overrides by preset name (epochs, batch size, lr...); CLI flags given
+  explicitly override both;
+- checkpoint extras (seed-000 keys owned by the model, e.g. ``kl_weight``), log and report extras;
+- ``example_batch`` and ``forward_check`` for ``cad3d ckpt verify``.
+
+Engine-owned values that seed 000 stores under model-specific keys (``val_loss``, ``loss``,
+``best_loss``, ``loss_history``, ``best_val_loss``, ``model_config``, ``train_config``) are named
+in ``CheckpointSchema.engine_keys``; the engine fills them.
+
+Plugins: ``CAD3D_TASK_MODULES`` (comma-separated module names) are imported like the built-in
+task modules, so a task outside the package can be trained with ``cad3d train``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import nn
@@ -49,6 +74,12 @@ class CheckpointSchema:
     report_file: str | None = None  # JSON written at the end of training
     monitor: str = "val_loss"  # metric that decides "best"
     mode: str = "min"  # "min" or "max"
+    # Checkpoint key -> engine value, for seed-000 keys that hold engine state. Values:
+    # "loss_history" (train loss per epoch), "best_metric" (best ``monitor`` so far), "task_config",
+    # "engine_config", or a metric name of the epoch ("train_loss", "val_loss", ...; None
+    # mid-epoch). E.g. diffusion {"loss": "train_loss", "best_loss": "best_metric",
+    # "loss_history": "loss_history"}.
+    engine_keys: Mapping[str, str] = field(default_factory=dict)
 
     def epoch_name(self, epoch: int) -> str:
         return self.epoch_file.format(epoch=epoch)
@@ -73,6 +104,8 @@ class TrainTask(abc.ABC):
     name: ClassVar[str]
     schema: ClassVar[CheckpointSchema]
     config_class: ClassVar[type]
+    display_name: ClassVar[str] = ""  # training report "model", e.g. "3D Diffusion Model"
+    architecture: ClassVar[str] = ""  # training report "architecture"
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.config_class()
@@ -86,6 +119,31 @@ class TrainTask(abc.ABC):
         names = {f.name for f in dataclasses.fields(cls.config_class)}
         return cls(cls.config_class(**{k: v for k, v in d.items() if k in names}))
 
+    @classmethod
+    def presets(cls) -> dict[str, Any]:
+        """Task configs by preset name; ``cad3d train --preset NAME`` picks one (default "full").
+        Override to make "tiny" small enough for a laptop CPU run of a few minutes."""
+        return {"tiny": cls.config_class(), "full": cls.config_class()}
+
+    @classmethod
+    def engine_presets(cls) -> dict[str, dict[str, Any]]:
+        """`EngineConfig` field overrides by preset name (e.g. ``{"tiny": {"epochs": 2}}``)."""
+        return {"tiny": {"epochs": 2, "batch_size": 4}, "full": {}}
+
+    # -- data --------------------------------------------------------------------------
+    def build_datasets(self, data_dir: Path, *, seed: int = 0) -> tuple[Any, Optional[Any]]:
+        """(train, val) map-style datasets read from ``data_dir``; val may be None.
+
+        Raise `cad3d.errors.DatasetError` naming the file for bad data. ``seed`` is the run's seed,
+        for augmentation drawn per (seed, epoch, index)."""
+        raise NotImplementedError(f"task {self.name!r} does not read datasets from a directory")
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Turn a list of samples into a batch (default: torch's default_collate)."""
+        from torch.utils.data import default_collate
+
+        return default_collate(samples)
+
     # -- model -------------------------------------------------------------------------
     @abc.abstractmethod
     def build_modules(self) -> dict[str, nn.Module]:
@@ -96,9 +154,33 @@ class TrainTask(abc.ABC):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     # -- steps -------------------------------------------------------------------------
+    def batch_size_of(self, batch: Any) -> int:
+        """Number of samples in a batch (weights the epoch means); default: the first tensor's
+        leading dimension."""
+        if isinstance(batch, torch.Tensor):
+            return int(batch.shape[0])
+        items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+        for item in items:
+            n = self.batch_size_of(item)
+            if n:
+                return n
+        return 0
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        """Move a batch to the training device (tensors inside dicts/lists/tuples)."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(device, non_blocking=True)
+        if isinstance(batch, Mapping):
+            return {k: self.to_device(v, device) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(v, device) for v in batch)
+        return batch
+
     @abc.abstractmethod
     def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss (scalar tensor, with grad) and its named parts as floats for the logs."""
+        """Loss (scalar tensor, with grad) and its named parts for the logs (floats or 0-d
+        tensors; tensors are preferred on GPU — the engine averages them without a sync per step).
+        Randomness only from ``ctx.generator``; the engine handles autocast, backward, clipping."""
 
     @abc.abstractmethod
     def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
@@ -106,7 +188,8 @@ class TrainTask(abc.ABC):
         Must include ``schema.monitor`` unless the monitor is a training metric."""
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        """Hook for schedules that follow epochs (e.g. KL annealing)."""
+        """Hook for schedules that follow epochs (e.g. KL annealing). Called again for the same
+        epoch when a run resumes in its middle, so it must be a pure function of ``epoch``."""
 
     # -- checkpoint extras -------------------------------------------------------------
     def checkpoint_extras(self) -> dict[str, Any]:
@@ -158,13 +241,14 @@ def known_tasks() -> list[str]:
 
 
 # Modules that register the built-in tasks when imported. Model issues append theirs here.
-BUILTIN_TASK_MODULES: list[str] = []
+BUILTIN_TASK_MODULES: list[str] = ["cad3d.training.vae_task"]
 
 
 def _import_builtin_tasks() -> None:
     import importlib
 
-    for module in BUILTIN_TASK_MODULES:
+    plugins = [m.strip() for m in os.environ.get("CAD3D_TASK_MODULES", "").split(",") if m.strip()]
+    for module in BUILTIN_TASK_MODULES + plugins:
         importlib.import_module(module)
 
 

@@ -1,0 +1,109 @@
+"""`cad3d train MODEL --data DIR ...`: train a registered task with the training engine.
+
+MODEL is any task of the registry (`cad3d.training.task`): the built-in models, plus tasks of
+modules named in ``CAD3D_TASK_MODULES``. The task reads its (train, val) datasets from ``--data``
+(`TrainTask.build_datasets`); ``--preset`` picks its config (`TrainTask.presets`) and engine
+defaults (`TrainTask.engine_presets`); flags given explicitly override both.
+
+Exit codes: 0 done (also when ``--max-steps`` stopped early), 1 failure, 2 usage (unknown MODEL),
+130 / 143 stopped by SIGINT / SIGTERM after saving ``*_last`` (128 + signal number, as shells
+report it) — run again with ``--resume auto`` to continue.
+Multi-GPU: ``torchrun --nproc-per-node G -m cad3d train ...`` (``--batch-size`` is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cad3d.errors import DatasetError
+
+# CLI flag -> EngineConfig field, for flags that map one to one (None = not given).
+_ENGINE_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip",
+    "warmup_steps": "warmup_steps",
+    "device": "device",
+    "precision": "precision",
+    "resume": "resume",
+    "seed": "seed",
+    "num_workers": "num_workers",
+    "keep_last": "keep_last",
+    "max_steps": "max_steps",
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (vae, diffusion, vit, depth)",
+        description="Train a model with the shared training engine. Checkpoints, the epoch log and "
+        "the report go to --out (default trained_models/MODEL/). SIGTERM/SIGINT save *_last and exit "
+        "with 143/130; --resume auto continues.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model to train: a registered task (vae, diffusion, vit, depth)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", help="output folder (default trained_models/MODEL/)")
+    p.add_argument("--preset", choices=["tiny", "full"], default="full", help="model size and engine defaults (default full)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process (global = this x number of processes)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the modules")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out (auto) or from PATH")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--keep-last", type=int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (resumable)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cad3d.training.engine import Engine, EngineConfig, TrainingInterrupted
+    from cad3d.training.task import get_task_class, known_tasks
+
+    try:
+        task_cls = get_task_class(args.model)
+    except KeyError:
+        args._parser.error(f"unknown model {args.model!r}; known: {', '.join(known_tasks()) or 'none registered'}")
+    task = task_cls(task_cls.presets()[args.preset])
+
+    fields = dict(task_cls.engine_presets().get(args.preset, {}))
+    fields.update({field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items() if getattr(args, flag) is not None})
+    fields["out_dir"] = args.out or str(Path("trained_models") / args.model)
+    fields["compile"] = args.compile or fields.get("compile", False)
+    fields["tensorboard"] = args.tensorboard or fields.get("tensorboard", False)
+    if args.no_progress:
+        fields["progress"] = False
+    config = EngineConfig(**fields)
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise DatasetError(f"{data}: data folder not found")
+    train_set, val_set = task.build_datasets(data, seed=config.seed)
+
+    try:
+        report = Engine(task, train_set, val_set, config).fit()
+    except TrainingInterrupted as exc:
+        print(f"cad3d: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    status = "done" if report["completed"] else "stopped at max_steps"
+    best = report["best_loss"]
+    print(
+        f"{args.model}: {status} after {report['total_epochs']} epochs, {report['total_steps']} steps; "
+        f"best {report['monitor']} {best if best is None else f'{best:.6g}'}; outputs in {config.out_dir}"
+    )
+    return 0
