@@ -1,0 +1,1 @@
+"""Data: parametric parts, technical-drawing renders, datasets on disk and their loaders."""
