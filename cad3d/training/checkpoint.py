@@ -554,6 +554,10 @@ class CheckpointManager:
 
     def _write_manifest(self) -> None:
         self._manifest["schema_version"] = SCHEMA_VERSION
+        # Saving policy, so `cad3d ckpt verify` can tell expected gaps from missing files.
+        self._manifest["every_n_epochs"] = max(1, int(self.schema.every_n_epochs))
+        if self.keep_last is not None or "keep_last" not in self._manifest:
+            self._manifest["keep_last"] = self.keep_last
         write_manifest(self.directory, self._manifest)
 
     def _recover(self) -> None:
@@ -663,6 +667,36 @@ class CheckpointManager:
         self._write_manifest()  # 4. resolved
         logger.debug("saved checkpoint %s (%s)", path, entry["sha256"][:12])
         return path
+
+    def publish(self, name: str, payload: dict) -> Path:
+        """Write any checkpoint file of this folder (e.g. a migrated one) with the same atomic,
+        manifest-keeping protocol as the saves. ``payload`` must carry ``cad3d_meta``."""
+        if META_KEY not in payload:
+            raise ValueError("publish: payload has no 'cad3d_meta'")
+        payload = dict(payload)
+        payload[META_KEY] = plain(payload[META_KEY])
+        return self._write(name, payload)
+
+    def remove(self, name: str) -> None:
+        """Delete a file of this folder, then its manifest entry."""
+        self._delete(name)
+
+    def record(self, name: str) -> None:
+        """List an existing, unlisted cad3d checkpoint in the manifest (hash of its bytes now)."""
+        path = self.directory / name
+        meta = read_metadata(path)
+        st = path.stat()
+        self._manifest["files"][name] = {
+            "sha256": sha256_file(path),
+            "size": st.st_size,
+            "epoch": meta.get("epoch"),
+            "global_step": meta.get("global_step"),
+            "kind": meta.get("file_kind"),
+            "epoch_complete": bool(meta.get("epoch_complete", True)),
+            "metrics": dict(meta.get("metrics") or {}),
+            "created": meta.get("created") or _now(),
+        }
+        self._write_manifest()
 
     def _delete(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
