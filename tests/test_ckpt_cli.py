@@ -163,6 +163,17 @@ def test_verify_passes_on_a_good_run(run, capsys):
     assert {c["name"]: c["status"] for c in report["checks"]}["progression"] == "SKIP"
 
 
+def test_verify_restores_engine_style_nested_config(tmp_path, capsys):
+    """The engine stores {"task": ..., "engine": ...}; restore must use the task part."""
+    run = train(tmp_path / "wide", epochs=1, hidden=12)
+    path = run / "ckpt_toy_epoch_1.pth"
+    obj = torch.load(path, weights_only=True)
+    obj["cad3d_meta"]["config"] = {"task": {"hidden": 12}, "engine": {"lr": 0.1}}
+    CheckpointManager(run, CkptToyTask.schema).publish(path.name, obj)
+    code, out, _ = cli(capsys, "verify", path)
+    assert code == 0 and "PASS  restore" in out, out
+
+
 def test_verify_every_n_gaps_are_not_failures(tmp_path, capsys):
     run = train(tmp_path / "vit_like", epochs=7, every_n=3)  # files at 3 and 6, log to 7 (seed 002)
     code, out, _ = cli(capsys, "verify", run)

@@ -546,6 +546,8 @@ class CheckpointManager:
         self._manifest = read_manifest(self.directory) if self.directory.is_dir() else {"schema_version": SCHEMA_VERSION, "files": {}}
         if is_writer and self.directory.is_dir():
             self._recover()
+        if "best" not in self._manifest:
+            self._best_from_file()
 
     # -- manifest -----------------------------------------------------------------------
     @property
@@ -584,6 +586,20 @@ class CheckpointManager:
                 files.pop(name)  # nothing of ours at that name; verify will flag a stray file
         if changed:
             self._write_manifest()
+
+    def _best_from_file(self) -> None:
+        """No best in the manifest (e.g. it was deleted): take it from the best file's metadata."""
+        path = self.directory / self.schema.best_file if self.schema.best_file else None
+        if path is None or not path.is_file():
+            return
+        try:
+            meta = read_metadata(path)
+        except CheckpointError as exc:
+            logger.warning("cannot restore the best metric: %s", exc)
+            return
+        value = (meta.get("metrics") or {}).get(self.schema.monitor)
+        if value is not None and not math.isnan(float(value)):
+            self._set_best(float(value), meta.get("epoch"), meta.get("global_step"))
 
     @property
     def best_metric(self) -> float | None:

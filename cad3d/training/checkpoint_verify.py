@@ -281,8 +281,17 @@ def _check_hashes(report: VerifyReport, folder: Path, files: list[Path]) -> None
         report.add("hash", PASS, f"{good} file(s) match {MANIFEST_NAME}")
 
 
+def task_config(meta: Mapping[str, Any]) -> dict:
+    """The task's config dict in a checkpoint's metadata: the engine stores
+    ``{"task": ..., "engine": ...}``; migrated files store the task config itself."""
+    config = meta.get("config") or {}
+    if isinstance(config.get("task"), Mapping):
+        return dict(config["task"])
+    return dict(config)
+
+
 def _restore(item: _Loaded, task_cls: type[TrainTask]) -> tuple[TrainTask, dict[str, nn.Module]]:
-    task = task_cls.from_config_dict(item.meta.get("config") or {})
+    task = task_cls.from_config_dict(task_config(item.meta))
     modules = task.build_modules()
     for name, key in task_cls.schema.module_keys.items():
         if key not in item.payload:
