@@ -29,8 +29,8 @@ from cad3d.geometry.camera import OrthoCamera
 # Dash pattern of hidden lines, in output pixels.
 DASH_ON_PX = 4.0
 DASH_PERIOD_PX = 7.0
-# Edge samples per output pixel of edge length (times ``supersample``).
-SAMPLES_PER_PX = 1.5
+# Edge samples per output pixel of edge length, times ``supersample`` (spacing below one pixel).
+SAMPLES_PER_PX = 0.75
 
 
 @dataclass
@@ -169,6 +169,9 @@ def _rasterize(uv: np.ndarray, z: np.ndarray, tris: np.ndarray, face_ids: np.nda
     fid.reshape(-1)[flat[win]] = face_ids[tid[win]]
 
 
+_NEIGHBOURS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)  # (9, 2)
+
+
 def _disk_offsets(radius: float) -> np.ndarray:
     """(K, 2) integer (drow, dcol) offsets within ``radius`` pixels."""
     r = int(np.floor(radius))
@@ -185,7 +188,7 @@ def _draw_camera(
     topo: _EdgeTopology,
     zbuf: np.ndarray,
     fid: np.ndarray,
-    canvas: np.ndarray,
+    lines: np.ndarray,
     *,
     hidden: str,
     supersample: int,
@@ -225,32 +228,33 @@ def _draw_camera(
     row = np.floor(su[:, 1]).astype(np.int64)
     tol = 0.5 / cam.scale
     visible = np.zeros(len(sz), dtype=bool)
-    row_lo, row_hi = r0, min(r0 + vh, h) - 1
-    col_lo, col_hi = c0, min(c0 + vw, w) - 1
-    for dr in (-1, 0, 1):
-        rr = np.clip(row + dr, row_lo, row_hi)
-        for dc in (-1, 0, 1):
-            cc = np.clip(col + dc, col_lo, col_hi)
-            f = fid[rr, cc]
-            pl = planes[np.maximum(f, 0)]
-            plane_depth = pl[:, 0] * su[:, 0] + pl[:, 1] * su[:, 1] + pl[:, 2]
-            visible |= (f < 0) | (plane_depth >= sz - tol)
+    todo = np.arange(len(sz))
+    # The centre pixel settles most samples; only the rest look at all 9 neighbours.
+    for offsets_rc in (_NEIGHBOURS[4:5], _NEIGHBOURS):
+        rr = np.clip(row[todo][None, :] + offsets_rc[:, :1], r0, min(r0 + vh, h) - 1)  # (K, T)
+        cc = np.clip(col[todo][None, :] + offsets_rc[:, 1:], c0, min(c0 + vw, w) - 1)
+        f = fid[rr, cc]
+        pl = planes[np.maximum(f, 0)]  # (K, T, 3)
+        plane_depth = pl[..., 0] * su[todo, 0] + pl[..., 1] * su[todo, 1] + pl[..., 2]
+        visible[todo] = np.any((f < 0) | (plane_depth >= sz[todo] - tol), axis=0)
+        todo = todo[~visible[todo]]
 
     keep = visible
     if hidden == "dashed":
         d = (ub - ua)[eid]
         along = np.where(np.abs(d[:, 0]) >= np.abs(d[:, 1]), su[:, 0], su[:, 1])
-        dash_on = np.mod(along, DASH_PERIOD_PX) < DASH_ON_PX
-        keep = visible | dash_on
+        keep = visible | (np.mod(along, DASH_PERIOD_PX) < DASH_ON_PX)
+    # Marking a pixel of the supersampled canvas and reducing each s x s block with "any" is the
+    # same as marking the output pixel that holds it, so no supersampled canvas is needed.
     pts = su[keep] * supersample
     prow = np.floor(pts[:, 1]).astype(np.int64)
     pcol = np.floor(pts[:, 0]).astype(np.int64)
-    s = supersample
-    rr = (prow[:, None] + offsets[None, :, 0]).ravel()
-    cc = (pcol[:, None] + offsets[None, :, 1]).ravel()
-    inside = (rr >= r0 * s) & (rr < (r0 + vh) * s) & (cc >= c0 * s) & (cc < (c0 + vw) * s)
-    inside &= (rr < canvas.shape[0]) & (cc < canvas.shape[1])
-    canvas[rr[inside], cc[inside]] = True
+    if len(offsets) > 1:
+        prow = (prow[:, None] + offsets[None, :, 0]).ravel()
+        pcol = (pcol[:, None] + offsets[None, :, 1]).ravel()
+    prow, pcol = prow // supersample, pcol // supersample
+    inside = (prow >= r0) & (prow < min(r0 + vh, h)) & (pcol >= c0) & (pcol < min(c0 + vw, w))
+    lines[prow[inside], pcol[inside]] = True
 
 
 def render_drawing(
@@ -283,14 +287,13 @@ def render_drawing(
     faces = np.asarray(mesh.faces, dtype=np.int64)
     zbuf = np.full((h, w), np.inf)
     fid = np.full((h, w), -1, dtype=np.int64)
-    canvas = np.zeros((h * s, w * s), dtype=bool)
+    lines = np.zeros((h, w), dtype=bool)
     if len(faces):
         topo = _edge_topology(vertices, faces, sharp_angle_deg)
         offsets = _disk_offsets(max((line_width * s - 1.0) / 2.0, 0.0))
         for cam in cameras:
-            _draw_camera(cam, vertices, faces, topo, zbuf, fid, canvas, hidden=hidden, supersample=s, offsets=offsets)
+            _draw_camera(cam, vertices, faces, topo, zbuf, fid, lines, hidden=hidden, supersample=s, offsets=offsets)
 
-    lines = canvas.reshape(h, s, w, s).any(axis=(1, 3))
     image = np.where(lines, 0, 255).astype(np.uint8)
     depth = np.where(np.isfinite(zbuf), zbuf, 0.0).astype(np.float32)
     return Drawing(image=image, depth=depth, cameras=list(cameras))
