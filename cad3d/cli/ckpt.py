@@ -206,6 +206,10 @@ def _describe(summary, show_all: bool) -> str:
         if len(items) > len(shown):
             lines.append(f"      … {len(items) - len(shown)} more (--all)")
         return "\n".join([head, *lines])
+    if isinstance(summary, dict) and isinstance(summary.get("state"), dict) and "param_groups" in summary:
+        groups = summary["param_groups"]
+        n_groups = groups.get("list", len(groups)) if isinstance(groups, dict) else len(groups)
+        return f"optimizer state: {len(summary['state'])} parameter state(s), {n_groups} param group(s)"
     if isinstance(summary, dict) and "tensor" in summary:
         return f"tensor {tuple(summary['tensor'])} {summary['dtype']}"
     text = json.dumps(summary)
