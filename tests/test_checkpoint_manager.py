@@ -373,6 +373,7 @@ def _check_consistent(path: Path) -> int:
     return step
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)")
 def test_sigkill_at_random_moments_leaves_a_valid_checkpoint(tmp_path):
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(1234)
