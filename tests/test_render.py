@@ -176,3 +176,28 @@ def test_rejects_bad_arguments(box):
         render_drawing(box, [iso_camera()], hidden="dotted")
     with pytest.raises(ValueError):
         render_drawing(box, [])
+
+
+def test_unwelded_inside_out_and_open_meshes(box):
+    cam = iso_camera()
+    reference = render_drawing(box, [cam])
+    # Unwelded vertices (as from STL): the same drawing, not every triangle edge.
+    soup = trimesh.Trimesh(box.triangles.reshape(-1, 3), np.arange(3 * len(box.faces)).reshape(-1, 3), process=False)
+    assert np.array_equal(render_drawing(soup, [cam]).image, reference.image)
+    # Inside-out winding: still the near surface and the same lines.
+    inverted = trimesh.Trimesh(box.vertices, box.faces[:, ::-1], process=False)
+    flipped = render_drawing(inverted, [cam])
+    assert np.array_equal(flipped.image, reference.image)
+    assert np.allclose(flipped.depth, reference.depth)
+    # Inconsistent winding (some faces flipped): no extra lines.
+    cyl = _normalized(trimesh.creation.cylinder(radius=0.5, height=1.2, sections=48))
+    faces = cyl.faces.copy()
+    faces[::3] = faces[::3, ::-1]
+    mixed = trimesh.Trimesh(cyl.vertices, faces, process=False)
+    assert np.array_equal(render_drawing(mixed, [cam]).image, render_drawing(cyl, [cam]).image)
+    # An open mesh (box without its top) draws its boundary and sees inside.
+    top = np.flatnonzero(box.face_normals[:, 2] > 0.9)
+    open_box = trimesh.Trimesh(box.vertices, np.delete(box.faces, top, axis=0), process=False)
+    drawing = render_drawing(open_box, [cam])
+    assert (drawing.image == 0).sum() > 0.8 * (reference.image == 0).sum()
+    assert (drawing.depth > 0).sum() == (reference.depth > 0).sum()

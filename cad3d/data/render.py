@@ -53,52 +53,79 @@ class _EdgeTopology:
     """Camera-independent edge data of a mesh.
 
     edges: (E, 2) vertex ids; faces: (E, 2) ids of the two adjacent faces (second = -1 on a
-    boundary); sharp: (E,) dihedral angle above the threshold, or boundary/non-manifold.
-    normals: (F, 3) unit face normals; valid: (F,) face has non-zero area; closed: every edge has
-    exactly two faces (then back faces never show and are skipped by the rasterizer).
+    boundary); flipped: (E,) the two faces are wound inconsistently across the edge; sharp: (E,)
+    dihedral angle above the threshold, or boundary/non-manifold. normals: (F, 3) unit face
+    normals (outward when the mesh is closed); valid: (F,) face has non-zero area; closed: every
+    edge has exactly two consistently wound faces (then back faces never show and are skipped).
     """
 
     edges: np.ndarray
     faces: np.ndarray
+    flipped: np.ndarray
     sharp: np.ndarray
     normals: np.ndarray
     valid: np.ndarray
     closed: bool
 
 
-def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: float) -> _EdgeTopology:
-    tri = vertices[faces]  # (F, 3, 3)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3)
-    norm = np.linalg.norm(cross, axis=1)
-    extent = float(np.ptp(vertices, axis=0).max()) if len(vertices) else 1.0
-    valid = norm > 1e-12 * extent * extent
-    normals = cross / np.where(valid, norm, 1.0)[:, None]
+def _pair_edges(faces: np.ndarray, n_vertices: int):
+    """Group the directed edges of ``faces`` (F, 3) by undirected edge.
 
-    n_faces = len(faces)
+    Returns edges (E, 2), first and second face (E,) (-1 if none), the number of faces on each
+    edge (E,) and whether the two faces run the edge in the same direction (E,).
+    """
     half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
     lo, hi = half.min(axis=1), half.max(axis=1)
-    key = lo.astype(np.int64) * (len(vertices) + 1) + hi
+    key = lo.astype(np.int64) * (n_vertices + 1) + hi
     order = np.argsort(key, kind="stable")
     key_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
     counts = np.diff(np.r_[starts, len(key_sorted)])
     first = order[starts]
-    face_of = np.arange(3 * n_faces) // 3
-    f0 = face_of[first]
-    f1 = np.where(counts >= 2, face_of[order[np.minimum(starts + 1, len(order) - 1)]], -1)
-    edges = np.stack([lo[first], hi[first]], axis=1)
+    second = order[np.minimum(starts + 1, len(order) - 1)]
+    f0 = first // 3
+    f1 = np.where(counts >= 2, second // 3, -1)
+    same_direction = (counts >= 2) & (half[first, 0] == half[second, 0])
+    return np.stack([lo[first], hi[first]], axis=1), f0, f1, counts, same_direction
+
+
+def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: float) -> _EdgeTopology:
+    tri = vertices[faces]  # (F, 3, 3)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3)
+    norm = np.linalg.norm(cross, axis=1)
+    lo_corner = vertices.min(axis=0)
+    extent = max(float((vertices.max(axis=0) - lo_corner).max()), 1e-12)
+    valid = norm > 1e-12 * extent * extent
+    normals = cross / np.where(valid, norm, 1.0)[:, None]
+
+    edges, f0, f1, counts, flipped = _pair_edges(faces, len(vertices))
+    if np.any(counts != 2):
+        # Open edges may be an artefact of unwelded vertices (e.g. STL): weld by position and retry.
+        q = np.round((vertices - lo_corner) / extent * (2**20)).astype(np.int64)
+        _, rep, inverse = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_index=True,
+                                    return_inverse=True)
+        edges, f0, f1, counts, flipped = _pair_edges(inverse.reshape(-1)[faces], len(rep))
+        edges = rep[edges]
 
     pair = counts == 2
-    both_valid = valid[f0] & np.where(f1 >= 0, valid[np.maximum(f1, 0)], False)
-    cos_angle = np.einsum("ij,ij->i", normals[f0], normals[np.maximum(f1, 0)])
+    f1c = np.maximum(f1, 0)
+    both_valid = valid[f0] & (f1 >= 0) & valid[f1c]
+    cos_angle = np.einsum("ij,ij->i", normals[f0], normals[f1c])
+    cos_angle = np.where(flipped, -cos_angle, cos_angle)
     sharp = (pair & both_valid & (cos_angle < np.cos(np.deg2rad(sharp_angle_deg)))) | ~pair
+    closed = bool(np.all(pair) and not np.any(flipped))
+    if closed:
+        signed_volume = np.einsum("ij,ij->", tri[:, 0], cross) / 6.0
+        if signed_volume < 0:  # inside-out mesh
+            normals = -normals
     return _EdgeTopology(
         edges=edges,
         faces=np.stack([f0, f1], axis=1),
+        flipped=flipped,
         sharp=sharp,
         normals=normals,
         valid=valid,
-        closed=bool(np.all(pair)),
+        closed=closed,
     )
 
 
@@ -205,9 +232,10 @@ def _draw_camera(
     _rasterize(uv, z, faces[draw_faces], draw_faces, cam.viewport, zbuf, fid, planes)
 
     f0, f1 = topo.faces[:, 0], topo.faces[:, 1]
-    has_two = f1 >= 0
     f1c = np.maximum(f1, 0)
-    silhouette = has_two & topo.valid[f0] & topo.valid[f1c] & (front[f0] != front[f1c])
+    # Across an inconsistently wound edge the second face's normal counts reversed.
+    front1 = np.where(topo.flipped, (-facing[f1c] < -1e-9) & topo.valid[f1c], front[f1c])
+    silhouette = (f1 >= 0) & topo.valid[f0] & topo.valid[f1c] & (front[f0] != front1)
     selected = np.flatnonzero(topo.sharp | silhouette)
     if len(selected) == 0:
         return
