@@ -216,3 +216,18 @@ def test_import_user_meshes(tmp_path):
     ds = CAD2D3DDataset(tmp_path / "real_cad", image_size=96, num_points=128, augment=False)
     assert len(ds) == 3 and ds[0][1].shape == (128, 3)
     assert check_dataset(tmp_path / "real_cad").ok
+
+
+def test_mesh_normalization_follows_the_geometry_convention():
+    import trimesh
+
+    from cad3d.data.synth import normalize_mesh
+    from cad3d.geometry.ops import normalize
+
+    mesh = trimesh.creation.box((4.0, 2.0, 1.0))
+    mesh.apply_translation((10.0, -3.0, 2.0))
+    norm_mesh, info = normalize_mesh(mesh)
+    expected, center, scale = normalize(np.asarray(mesh.vertices))
+    np.testing.assert_allclose(norm_mesh.vertices, expected, atol=1e-9)
+    np.testing.assert_allclose(info["center"], center, atol=1e-9)
+    assert info["scale"] == pytest.approx(float(scale))

@@ -101,10 +101,14 @@ def cameras_for(view: str, rng: np.random.Generator, image_size: int) -> list[Or
 def normalize_mesh(mesh):
     """Copy of ``mesh`` centred at its bounding-box centre and scaled into the unit sphere.
 
-    Returns (mesh, {"center": [3], "scale": s}) with ``normalized = (original - center) / scale``.
+    Returns (mesh, {"center": [3], "scale": s}) with ``normalized = (original - center) / scale``:
+    the convention of `cad3d.geometry.ops.normalize`, in numpy so that synthesis workers need
+    not import torch (seconds of start-up per worker).
     """
     v = np.asarray(mesh.vertices, dtype=np.float64)
-    center = (v.min(axis=0) + v.max(axis=0)) / 2.0
+    if len(v) == 0:
+        raise ValueError("mesh has no vertices")
+    center = (v.min(axis=0) + v.max(axis=0)) / 2.0  # (3,)
     scale = float(np.linalg.norm(v - center, axis=1).max())
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError("mesh has no extent")
