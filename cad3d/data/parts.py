@@ -266,7 +266,9 @@ def _stepped_shaft(rng: np.random.Generator) -> tuple[Manifold, dict]:
         radii[k] = round(min(radii[k], radii[k - 1] - 2.0), 1)
         radii[k] = max(radii[k], 2.0)
     order = str(rng.choice(["descending", "centre_large"]))
-    if order == "centre_large" and n_steps >= 3:
+    if n_steps < 3:
+        order = "descending"
+    if order == "centre_large":
         radii = radii[1::2][::-1] + radii[0::2]
     lengths = [_mm(rng, 10, 50) for _ in range(n_steps)]
     chamfer = round(float(rng.uniform(0.0, 0.3)) * min(radii[0], radii[-1]), 1) if rng.random() < 0.6 else 0.0
@@ -286,7 +288,7 @@ def _stepped_shaft(rng: np.random.Generator) -> tuple[Manifold, dict]:
             profile.append((r, z))
     profile.append((0.0, z))
     solid = _revolve(profile).translate((0, 0, -z / 2)).rotate((0.0, 90.0, 0.0))
-    params = dict(steps=n_steps, radii=radii, lengths=lengths, end_chamfer=chamfer, total_length=round(z, 1))
+    params = dict(steps=n_steps, order=order, radii=radii, lengths=lengths, end_chamfer=chamfer, total_length=round(z, 1))
     return solid, params
 
 
