@@ -203,6 +203,11 @@ def test_learns_clouds_and_families(three_family_sets, tmp_path):
     mean_cloud = train_points.mean(dim=0)  # (N, 3) point-wise mean of the training clouds
     mean_cd = float(chamfer_distance(mean_cloud.expand_as(points), points))
     assert model_cd < 0.5 * mean_cd, (model_cd, mean_cd)
+    # A stronger constant baseline: the training cloud closest (Chamfer) to all the others.
+    pairwise = torch.stack([chamfer_distance(train_points, c.expand_as(train_points), reduction="none") for c in train_points])
+    medoid = train_points[pairwise.mean(dim=1).argmin()]
+    medoid_cd = float(chamfer_distance(medoid.expand_as(points), points))
+    assert model_cd < medoid_cd, (model_cd, medoid_cd)
 
     accuracy = float((trainer.model(images)["family_logits"].argmax(-1) == families).float().mean())
     majority = float(torch.bincount(train_families).max()) / len(train_families)
