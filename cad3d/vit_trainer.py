@@ -247,10 +247,10 @@ class ViTTask(TrainTask):
         loss, parts = self._loss(out, points, family)
         fscore, _, _ = f_score(out["points"].float(), points.float(), tau_rel=0.01)  # (B,)
         metrics = {"val_loss": float(loss), "chamfer": float(parts["chamfer"]), "fscore_1pct": float(fscore.mean())}
-        if "family_logits" in out:
-            known = family != IGNORE_FAMILY
+        known = family != IGNORE_FAMILY  # (B,)
+        if "family_logits" in out and bool(known.any()):
             correct = (out["family_logits"].argmax(dim=-1) == family) & known
-            metrics["family_acc"] = float(correct.sum()) / max(int(known.sum()), 1)
+            metrics["family_acc"] = float(correct.sum()) / int(known.sum())
         return metrics
 
     # -- checkpoint extras -------------------------------------------------------------
@@ -331,7 +331,7 @@ class VisionTransformerTrainer:
         """Load a ViT checkpoint into ``self.model`` (rebuilt when its ``model_config`` differs
         from ``self.config``); ``self.config``/``train_config``/``epoch``/``best_val_loss``
         follow the file. Returns the payload. Raises `CheckpointError` naming the file."""
-        from cad3d.training.checkpoint import load_checkpoint, load_state_dict_strict
+        from cad3d.training.checkpoint import META_KEY, load_checkpoint, load_state_dict_strict
 
         schema = ViTTask.schema
         payload = load_checkpoint(path, map_location=map_location, expected_task=ViTTask.name)
@@ -342,11 +342,22 @@ class VisionTransformerTrainer:
                 self.config = config
                 self.model = VisionTransformer(config)
         if isinstance(payload.get("train_config"), Mapping):
-            self.train_config = TrainingConfig.from_dict(payload["train_config"])
+            train = dict(payload["train_config"])
+            if "family_loss_weight" not in train:  # an EngineConfig dict (`cad3d train vit`)
+                task_config = ((payload.get(META_KEY) or {}).get("config") or {}).get("task") or {}
+                train.update({k: task_config[k] for k in ("family_loss_weight", "augment") if k in task_config})
+            self.train_config = TrainingConfig.from_dict(train)
         load_state_dict_strict(self.model, payload.get(schema.module_keys["model"]), path=path, key=schema.module_keys["model"])
         self.epoch = int(payload.get(schema.epoch_key, 0))
         self.best_val_loss = payload.get("best_val_loss")
         return payload
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VisionTransformerTrainer":
+        """A trainer whose configs and model come from the checkpoint at ``path``."""
+        trainer = cls()
+        trainer.load_checkpoint(path, map_location=map_location)
+        return trainer
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

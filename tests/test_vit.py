@@ -92,6 +92,17 @@ def test_configs_round_trip_and_task_is_registered():
     assert presets["tiny"].model.image_size == 64 and presets["full"].model.width == 384
 
 
+def test_build_datasets_gives_splits_with_family_labels(tiny_dataset):
+    task = ViTTask(ViTTaskConfig(model=MICRO))
+    train, val = task.build_datasets(tiny_dataset, seed=1)
+    assert len(train) + len(val) <= 16 and {r.split for r in train.records} == {"train"}
+    image, points, family = val[0]
+    assert image.shape == (3, 32, 32) and points.shape == (64, 3)
+    from cad3d.data.parts import FAMILIES
+
+    assert FAMILIES[int(family)] == val.records[0].family
+
+
 def test_family_cross_entropy_skips_unknown_families():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     both = family_cross_entropy(logits, torch.tensor([0, 1]))
