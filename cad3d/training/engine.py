@@ -33,6 +33,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -518,7 +519,10 @@ class Engine:
             )
 
         completed = False
-        while progress.epoch <= cfg.epochs:
+        at_limit = cfg.max_steps is not None and progress.global_step >= cfg.max_steps
+        if at_limit:
+            logger.info("max_steps=%d already reached at step %d: nothing to train", cfg.max_steps, progress.global_step)
+        while progress.epoch <= cfg.epochs and not at_limit:
             epoch = progress.epoch
             epoch_start = time.time() - progress.epoch_elapsed
             task.on_epoch_start(epoch, cfg.epochs)
@@ -551,7 +555,9 @@ class Engine:
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.scheduler.step()
+                with warnings.catch_warnings():  # fp16: a step skipped for inf grads still counts
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    self.scheduler.step()
                 sums.add(loss, parts, task.batch_size_of(batch))
                 progress.batch_in_epoch += 1
                 progress.global_step += 1
@@ -573,9 +579,11 @@ class Engine:
                 path = self.manager.save_last(payload, epoch=epoch, global_step=progress.global_step)
                 D.barrier(info)
                 if stop == "signal":
-                    logger.warning("stopped by %s after step %d; saved %s", signal.Signals(self._stop_signal).name, progress.global_step, path)
+                    if info.is_main:
+                        logger.warning("stopped by %s after step %d; saved %s", signal.Signals(self._stop_signal).name, progress.global_step, path)
                     raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
-                logger.info("reached max_steps=%d in epoch %d; saved %s", cfg.max_steps, epoch, path)
+                if info.is_main:
+                    logger.info("reached max_steps=%d in epoch %d; saved %s", cfg.max_steps, epoch, path)
                 break
 
             # -- epoch end: validate, log, checkpoint --
@@ -604,13 +612,14 @@ class Engine:
             stop = self._stop_reason(progress)  # also a signal that came during validation
             if stop == "signal":
                 path = self.out_dir / task.schema.last_file if info.is_main else None
-                logger.warning("stopped by %s at the end of epoch %d; saved %s", signal.Signals(self._stop_signal).name, epoch, path)
+                if info.is_main:
+                    logger.warning("stopped by %s at the end of epoch %d; saved %s", signal.Signals(self._stop_signal).name, epoch, path)
                 raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
             if stop == "max_steps":
                 logger.info("reached max_steps=%d at the end of epoch %d", cfg.max_steps, epoch)
                 break
         else:
-            completed = True
+            completed = not at_limit
 
         self._tick(progress)
         report = self._report(progress, completed)
