@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -735,6 +736,7 @@ class Engine:
         self._previous_handlers = {}
         if not self.config.handle_signals or threading.current_thread() is not threading.main_thread():
             return
+        self._handler_pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, self._on_signal)
@@ -745,6 +747,8 @@ class Engine:
         self._previous_handlers = {}
 
     def _on_signal(self, signum, frame) -> None:
+        if os.getpid() != self._handler_pid:
+            return  # a forked DataLoader worker (it inherits the handler): the main process decides
         if self._stop_signal is not None:
             raise KeyboardInterrupt  # a second signal: stop now
         self._stop_signal = signum
