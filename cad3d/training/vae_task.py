@@ -65,7 +65,7 @@ class VAETask(TrainTask):
     @classmethod
     def engine_presets(cls) -> dict[str, dict[str, Any]]:
         return {
-            "tiny": {"epochs": 8, "batch_size": 4, "lr": 2e-3, "device": "cpu"},
+            "tiny": {"epochs": 8, "batch_size": 4, "lr": 3e-3, "device": "cpu"},
             "full": {"epochs": 200, "batch_size": 32, "lr": 1e-3},
         }
 
