@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cad3d.errors import Cad3dError
+from cad3d.errors import Cad3dError, CheckpointError
 from cad3d.training import distributed as D
 from cad3d.training.checkpoint import (
     CheckpointManager,
@@ -295,8 +295,6 @@ class Engine:
 
         Raises `TrainingInterrupted` after SIGTERM/SIGINT (a resumable ``last`` is saved)."""
         cfg = self.config
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise TrainingConfigError("device cuda requested but torch.cuda.is_available() is False")
         device_type = resolve_device(cfg.device).type
         self.dist = D.init_distributed(device_type)
         try:
@@ -404,9 +402,12 @@ class Engine:
         for name, module in self.modules.items():
             key = schema.module_keys[name]
             load_state_dict_strict(module, payload.get(key), path=path, key=key)
-        self.optimizer.load_state_dict(payload[schema.optimizer_key])
-        if payload.get(schema.scheduler_key) is not None:
-            self.scheduler.load_state_dict(payload[schema.scheduler_key])
+        try:
+            self.optimizer.load_state_dict(payload[schema.optimizer_key])
+            if payload.get(schema.scheduler_key) is not None:
+                self.scheduler.load_state_dict(payload[schema.scheduler_key])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: optimizer/scheduler state ({schema.optimizer_key!r}, {schema.scheduler_key!r}) does not fit this run: {exc}") from None
         task.load_checkpoint_extras(payload)
         state = payload.get(RESUME_KEY)
         if state is None:  # a weights-and-optimizer file of another trainer: continue after it
