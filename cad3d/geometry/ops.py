@@ -5,15 +5,15 @@ Pure torch (no compiled extension), CPU and CUDA. Conventions:
 
 * Point clouds are ``(B, N, 3)`` float tensors; most functions also take an unbatched
   ``(N, 3)`` cloud and then return unbatched results.
-* Distances named ``sq_dist`` / ``dist2`` are *squared* Euclidean distances in the units of the
-  input coordinates.
+* Distances named ``sq_dist`` are *squared* Euclidean distances in the units of the input
+  coordinates.
 * Memory: pairwise distances are only ever materialized one block of ``chunk_size`` query rows
   at a time, ``(B, chunk_size, M)``, never the full ``(B, N, M)`` matrix. ``chunk_size=None``
   picks a block of about ``_BLOCK_ELEMENTS`` entries.
-* Nearest-neighbour *indices* are searched under ``no_grad`` with the fast ``|a|^2 + |b|^2 - 2ab``
-  expansion; the returned distances are then recomputed exactly from the gathered points with
-  autograd, so gradients are those of the true nearest-neighbour distances and no block is
-  kept alive for the backward pass.
+* Nearest-neighbour *indices* are searched under ``no_grad`` with the matmul ranking
+  ``|b|^2 - 2ab`` (after centring both clouds); the returned distances are then recomputed
+  exactly from the gathered points with autograd, so gradients are those of the true
+  nearest-neighbour distances and no block is kept alive for the backward pass.
 """
 
 from __future__ import annotations
