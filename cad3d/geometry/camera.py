@@ -8,6 +8,8 @@ Conventions (all lengths in the normalized object frame, where a part fits the u
 * camera -> pixel: ``u = cx + scale * c_x`` (column), ``v = cy - scale * c_y`` (row).
   Pixel (row i, column j) covers ``[j, j+1) x [i, i+1)``; its centre is ``(j + 0.5, i + 0.5)``.
 * depth maps store ``c_z`` per pixel and 0 where no surface is seen.
+* the frame (right, up, forward) is left-handed (image columns right, rows down, depth in):
+  ``rotation`` has determinant -1, so it is not a proper rotation for quaternion tools.
 
 A three-view sheet holds several cameras, each owning a ``viewport`` (row0, col0, height,
 width) of the image; a single view's viewport is the whole image.
