@@ -1,0 +1,299 @@
+"""The image-conditioned diffusion model as a training task, and its replay buffer.
+
+    cad3d train diffusion --data training_data/diffusion_synthetic --preset tiny
+
+writes ``trained_models/diffusion/``: ``diffusion_epoch_N.pth`` every ``save_every`` epochs,
+``diffusion_best.pth`` (lowest train loss: seed 000's ``best_loss``), ``diffusion_last.pth`` (each
+epoch, for resume) and ``training_report.json`` (model "3D Diffusion Model", architecture "DDPM
+with U-Net + PointNet++", replay_buffer_size, hyperparameters with timesteps, num_points,
+learning_rate, ...). Checkpoint keys: epoch, global_step, image_encoder_state, unet_state,
+optimizer_state, scheduler_state, loss, best_loss, loss_history (seed 000), plus ``model_config``
+(plain dict), ``replay_buffer`` (tensors) and the engine's ``cad3d_meta``/``cad3d_resume``.
+
+Randomness of a step (timesteps, noise, condition dropout) comes from ``ctx.generator``; the
+replay buffer has its own CPU generator whose state is saved with it, so a resumed run is
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from cad3d.diffusion_3d_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets
+from cad3d.models.diffusion import NoiseSchedule
+from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
+
+
+class ReplayBuffer:
+    """Reservoir of (image, cloud) pairs: after ``seen`` offers, each offered pair is kept with
+    probability ``capacity / seen`` (Vitter's algorithm R), so the buffer is a uniform sample of
+    everything trained on, old data included — the memory for continual learning.
+
+    Images are stored as uint8 (1/255 steps; drawings are [0, 1] grey values), clouds as float32,
+    on the CPU. All decisions come from the buffer's own CPU ``torch.Generator``; `state_dict`
+    (tensors only) holds it, so a restored buffer continues exactly.
+    """
+
+    def __init__(self, capacity: int, seed: int = 0):
+        if capacity < 0:
+            raise ValueError(f"replay buffer capacity must be >= 0, got {capacity}")
+        self.capacity = int(capacity)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.images: Optional[torch.Tensor] = None  # (capacity, C, H, W) uint8
+        self.points: Optional[torch.Tensor] = None  # (capacity, N, 3) float32
+        self.size = 0
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, images: torch.Tensor, points: torch.Tensor) -> None:
+        """Offer a batch: images (B, C, H, W) in [0, 1], points (B, N, 3)."""
+        if self.capacity == 0:
+            return
+        B = images.shape[0]
+        if self.images is None:
+            self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
+            self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
+        elif images.shape[1:] != self.images.shape[1:] or points.shape[1:] != self.points.shape[1:]:
+            raise ValueError(
+                f"replay buffer holds images {tuple(self.images.shape[1:])} and clouds {tuple(self.points.shape[1:])}, "
+                f"got {tuple(images.shape[1:])} and {tuple(points.shape[1:])}"
+            )
+        # Slot of each offered sample: the next free one while filling, then a uniform draw in
+        # [0, seen] that keeps it if < capacity. A later sample of the batch that draws the same
+        # slot overwrites the earlier one, as in the sequential algorithm.
+        chosen: dict[int, int] = {}  # slot -> index in the batch
+        for i in range(B):
+            if self.seen < self.capacity:
+                chosen[self.seen] = i
+            else:
+                j = int(torch.randint(0, self.seen + 1, (1,), generator=self.generator))
+                if j < self.capacity:
+                    chosen[j] = i
+            self.seen += 1
+        if chosen:
+            dst = torch.tensor(list(chosen.keys()))
+            src = torch.tensor(list(chosen.values()))
+            self.images[dst] = (images.detach()[src.to(images.device)].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            self.points[dst] = points.detach()[src.to(points.device)].float().cpu()
+        self.size = min(self.capacity, self.seen)
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k pairs drawn uniformly with replacement: images (k, C, H, W) float32, points (k, N, 3)."""
+        if self.size == 0:
+            raise ValueError("cannot sample an empty replay buffer")
+        idx = torch.randint(0, self.size, (k,), generator=self.generator)
+        return self.images[idx].float() / 255.0, self.points[idx].clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (weights_only loadable)."""
+        n = self.size
+        return {
+            "capacity": torch.tensor(self.capacity),
+            "size": torch.tensor(n),
+            "seen": torch.tensor(self.seen),
+            "generator": self.generator.get_state(),
+            "images": self.images[:n].clone() if self.images is not None else torch.zeros(0, dtype=torch.uint8),
+            "points": self.points[:n].clone() if self.points is not None else torch.zeros(0),
+        }
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore a `state_dict`. A saved buffer larger than this capacity keeps its first
+        ``capacity`` pairs (a uniform sample of a uniform sample)."""
+        n = min(int(state["size"]), self.capacity)
+        self.seen = int(state["seen"])
+        self.generator.set_state(state["generator"])
+        self.size = n
+        if n == 0 or state["images"].dim() < 2:
+            self.images = self.points = None
+            self.size = 0
+            return
+        images, points = state["images"], state["points"]
+        self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
+        self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
+        self.images[:n] = images[:n]
+        self.points[:n] = points[:n].float()
+
+
+@dataclass
+class DiffusionTaskConfig:
+    """The model and the training choices around it.
+
+    ``replay_size``: capacity of the replay buffer (0: none). ``replay_ratio``: replayed pairs
+    added to each batch, as a fraction of the batch size (0 for ordinary training; > 0 when
+    fine-tuning on new data, so old data is not forgotten). ``save_every``: epochs between
+    ``diffusion_epoch_N.pth`` files."""
+
+    model: DiffusionConfig = field(default_factory=DiffusionConfig)
+    augment: bool = True
+    replay_size: int = 800
+    replay_ratio: float = 0.0
+    replay_seed: int = 0
+    save_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = DiffusionConfig.from_dict(self.model)
+        if self.replay_ratio < 0:
+            raise ValueError(f"replay_ratio must be >= 0, got {self.replay_ratio}")
+        if self.save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {self.save_every}")
+
+
+@register_task
+class DiffusionTask(TrainTask):
+    """The diffusion model for the training engine (``cad3d train diffusion``)."""
+
+    name = "diffusion"
+    display_name = "3D Diffusion Model"
+    architecture = "DDPM with U-Net + PointNet++"
+    config_class = DiffusionTaskConfig
+    schema = CheckpointSchema(
+        model="diffusion",
+        module_keys={"image_encoder": "image_encoder_state", "unet": "unet_state"},
+        epoch_file="diffusion_epoch_{epoch}.pth",
+        last_file="diffusion_last.pth",
+        best_file="diffusion_best.pth",
+        every_n_epochs=10,
+        report_file="training_report.json",
+        monitor="train_loss",
+        engine_keys={"loss": "train_loss", "best_loss": "best_metric", "loss_history": "loss_history"},
+    )
+
+    def __init__(self, config: DiffusionTaskConfig | None = None, *, model: Diffusion3DModel | None = None,
+                 replay_buffer: ReplayBuffer | None = None):
+        """``model``: train these modules (e.g. loaded weights, for fine-tuning) instead of fresh
+        ones; ``replay_buffer``: continue this buffer."""
+        super().__init__(config)
+        if self.config.save_every != type(self).schema.every_n_epochs:
+            self.schema = dataclasses.replace(type(self).schema, every_n_epochs=self.config.save_every)
+        self.model = model
+        self.replay_buffer = replay_buffer if replay_buffer is not None else ReplayBuffer(self.config.replay_size, self.config.replay_seed)
+        self._schedule: Optional[NoiseSchedule] = None
+
+    # -- config ------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        """The config as a plain dict, plus ``timesteps`` and ``num_points`` at the top (the
+        report's hyperparameters of seed 000)."""
+        d = dataclasses.asdict(self.config)
+        d["timesteps"] = self.config.model.schedule.timesteps
+        d["num_points"] = self.config.model.num_points
+        return d
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any]) -> "DiffusionTask":
+        names = {f.name for f in dataclasses.fields(DiffusionTaskConfig)}
+        return cls(DiffusionTaskConfig(**{k: v for k, v in d.items() if k in names}))
+
+    @classmethod
+    def presets(cls) -> dict[str, DiffusionTaskConfig]:
+        p = diffusion_presets()
+        return {
+            "tiny": DiffusionTaskConfig(model=p["tiny"], replay_size=64, save_every=1),
+            "full": DiffusionTaskConfig(model=p["full"], replay_size=800, save_every=10),
+        }
+
+    @classmethod
+    def engine_presets(cls) -> dict[str, dict[str, Any]]:
+        return {
+            "tiny": {"epochs": 4, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
+            "full": {"epochs": 200, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0, "warmup_steps": 1000, "precision": "bf16"},
+        }
+
+    # -- data --------------------------------------------------------------------------
+    def build_datasets(self, data_dir: Path, *, seed: int = 0):
+        """(train, val) of a dataset folder (its splits), or all samples and no val without a
+        manifest."""
+        from cad3d.data.dataset import CAD2D3DDataset, read_manifests
+
+        m = self.config.model
+        kw = dict(image_size=m.image_size, num_points=m.num_points, seed=seed)
+        entries = read_manifests(Path(data_dir))
+        if entries is None:
+            return CAD2D3DDataset(data_dir, augment=self.config.augment, split=None, **kw), None
+        train = CAD2D3DDataset(data_dir, augment=self.config.augment, split="train", **kw)
+        has_val = any(e.get("split") == "val" for e in entries)
+        val = CAD2D3DDataset(data_dir, augment=False, split="val", **kw) if has_val else None
+        return train, val
+
+    # -- model -------------------------------------------------------------------------
+    def build_modules(self) -> dict[str, nn.Module]:
+        if self.model is None:
+            self.model = Diffusion3DModel(self.config.model)
+        return {"image_encoder": self.model.image_encoder, "unet": self.model.unet}
+
+    def schedule(self, device: torch.device) -> NoiseSchedule:
+        if self._schedule is None or self._schedule.betas.device != torch.device(device):
+            self._schedule = NoiseSchedule(self.config.model.schedule).to(device)
+        return self._schedule
+
+    # -- steps -------------------------------------------------------------------------
+    def _mix_replay(self, images: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch plus round(replay_ratio * B) pairs from the buffer (before this batch joins it)."""
+        k = int(round(self.config.replay_ratio * images.shape[0]))
+        if k == 0 or len(self.replay_buffer) == 0:
+            return images, points
+        old_images, old_points = self.replay_buffer.sample(k)  # (k, C, H, W), (k, N, 3)
+        if old_images.shape[1:] != images.shape[1:] or old_points.shape[1:] != points.shape[1:]:
+            raise ValueError(
+                f"replay buffer pairs {tuple(old_images.shape[1:])}/{tuple(old_points.shape[1:])} do not match the "
+                f"batch {tuple(images.shape[1:])}/{tuple(points.shape[1:])}: same image_size and num_points needed"
+            )
+        images = torch.cat([images, old_images.to(images.device, images.dtype)])  # (B+k, C, H, W)
+        points = torch.cat([points, old_points.to(points.device, points.dtype)])  # (B+k, N, 3)
+        return images, points
+
+    def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
+        images, points = batch[0], batch[1]  # (B, 3, H, W), (B, N, 3)
+        mixed_images, mixed_points = self._mix_replay(images, points)
+        self.replay_buffer.add(images, points)
+        loss, parts = denoising_loss(
+            modules["image_encoder"], modules["unet"], self.schedule(ctx.device), mixed_images, mixed_points,
+            ctx.generator, self.config.model.cond_drop_prob,
+        )
+        return loss, parts
+
+    def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
+        images, points = batch[0], batch[1]
+        loss, _ = denoising_loss(modules["image_encoder"], modules["unet"], self.schedule(ctx.device), images, points, ctx.generator, 0.0)
+        return {"val_loss": float(loss)}
+
+    # -- checkpoint / logs --------------------------------------------------------------
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"model_config": self.config.model.to_dict(), "replay_buffer": self.replay_buffer.state_dict()}
+
+    def load_checkpoint_extras(self, payload: Mapping[str, Any]) -> None:
+        if payload.get("replay_buffer") is not None:
+            self.replay_buffer.load_state_dict(payload["replay_buffer"])
+
+    def epoch_log_extras(self) -> dict[str, Any]:
+        return {"replay_buffer_size": len(self.replay_buffer)}
+
+    def report_extras(self) -> dict[str, Any]:
+        return {"replay_buffer_size": len(self.replay_buffer), "replay_buffer_capacity": self.replay_buffer.capacity}
+
+    # -- verification -------------------------------------------------------------------
+    def example_batch(self, batch_size: int = 2, generator: torch.Generator | None = None):
+        m = self.config.model
+        images = torch.ones(batch_size, 3, m.image_size, m.image_size)  # (B, 3, H, W) blank paper
+        points = torch.rand(batch_size, m.num_points, 3, generator=generator) * 2 - 1  # (B, N, 3)
+        return images, points
+
+    def forward_check(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
+        images, points = batch[0], batch[1]
+        for m in modules.values():
+            m.eval()
+        with torch.no_grad():
+            feats = modules["image_encoder"](images)
+            t = torch.full((points.shape[0],), self.config.model.schedule.timesteps // 2, dtype=torch.long)
+            return modules["unet"](points, t, feats.vector, feats.tokens)  # (B, N, 3)
+
+
+__all__ = ["DiffusionTask", "DiffusionTaskConfig", "ReplayBuffer"]
