@@ -241,7 +241,7 @@ def known_tasks() -> list[str]:
 
 
 # Modules that register the built-in tasks when imported. Model issues append theirs here.
-BUILTIN_TASK_MODULES: list[str] = ["cad3d.training.vae_task", "cad3d.vit_trainer", "cad3d.training.diffusion_task"]
+BUILTIN_TASK_MODULES: list[str] = ["cad3d.training.vae_task", "cad3d.vit_trainer", "cad3d.training.diffusion_task", "cad3d.training.depth_task"]
 
 
 def _import_builtin_tasks() -> None:

@@ -1,0 +1,254 @@
+"""The depth network as a training task: drawing -> relative inverse depth (MiDaS convention).
+
+    cad3d train depth --data training_data/diffusion_synthetic --preset tiny
+
+writes ``trained_models/depth/``: ``depth_epoch_N.pth``, ``depth_best.pth`` (lowest val_loss),
+``depth_last.pth``, ``depth_epoch_log.json`` and ``depth_training_report.json``; checkpoint keys
+epoch, global_step, model_state, optimizer_state, scheduler_state, val_loss, loss_history,
+model_config (+ the engine's ``cad3d_meta`` / resume state). At the end of training the final
+network is exported to ONNX (``config.onnx_path``, default ``models/cad3d_depth_256.onnx``, with
+the MiDaS v2.1 small contract; see `cad3d.depth_onnx`); the report's ``onnx`` field says where,
+and how closely onnxruntime matched PyTorch.
+
+Target and loss. MiDaS-style models output relative inverse depth (larger = closer, unknown scale
+and shift), so ours learns the same thing from the rendered camera depth ``c_z`` (world units,
+0 = background) of each drawing:
+
+* ``ssi`` — scale-and-shift-invariant loss on the part's pixels (MiDaS, Ranftl et al. 2020):
+  prediction and target inverse depth ``1 / c_z`` are each normalized per image by their median
+  and mean absolute deviation from it, then compared by mean absolute error. A constant
+  prediction scores exactly 1; a perfect (affine) one 0. The normalization divides by a positive
+  spread, so the sign is fixed: larger output = closer.
+* ``fg`` — foreground/background hinge: ``relu(out)^2`` on paper and ``relu(1 - out)^2`` on the
+  part (the two means averaged), which pins the free scale/shift so that background <= 0 < 0.5 <
+  1 <= part, as MiDaS gives far background small values.
+
+``loss = ssi + fg_weight * fg``; validation reports ``val_loss`` and its two parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cad3d.data.dataset import index_dataset, load_depth, load_drawing, read_manifests
+from cad3d.errors import DatasetError
+from cad3d.models.depth_net import DepthNet, DepthNetConfig
+from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
+
+logger = logging.getLogger(__name__)
+
+
+class DrawingDepthDataset(torch.utils.data.Dataset):
+    """(drawing, camera depth) pairs of a dataset folder.
+
+    ``dataset[i]`` is ``(image (3, S, S) float32 RGB in [0, 1], depth (S, S) float32 c_z in world
+    units, 0 = background)``, both at ``image_size`` S (drawing resized bilinearly, depth by
+    nearest neighbour so no pixel mixes part and paper). With ``augment``, a left-right mirror
+    (a mirrored part seen by a mirrored camera: still a valid drawing/depth pair) drawn from
+    ``(seed, epoch, i)``. Samples without ``depth/<stem>.npy`` are an error naming the file.
+    """
+
+    def __init__(self, data_dir, image_size: int = 256, augment: bool = False, split: str | None = None, seed: int = 0):
+        self.data_dir = Path(data_dir)
+        self.image_size = int(image_size)
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.records = index_dataset(self.data_dir, split)
+        for rec in self.records:
+            if rec.depth is None:
+                raise DatasetError(f"{self.data_dir / 'depth' / (rec.stem + '.npy')}: missing depth map of sample {rec.stem} (the depth task needs depth/)")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        s = self.image_size
+        gray = torch.from_numpy(load_drawing(rec.image, s))  # (S, S)
+        depth = torch.from_numpy(load_depth(rec.depth))  # (h, w)
+        if tuple(depth.shape) != (s, s):
+            depth = F.interpolate(depth[None, None], size=(s, s), mode="nearest")[0, 0]
+        if self.augment and np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5:
+            gray, depth = gray.flip(-1), depth.flip(-1)
+        return gray.unsqueeze(0).expand(3, -1, -1).contiguous(), depth.contiguous()
+
+
+@dataclass
+class DepthTaskConfig:
+    model: DepthNetConfig = field(default_factory=DepthNetConfig)
+    fg_weight: float = 1.0  # weight of the foreground/background hinge
+    augment: bool = True
+    onnx_path: Optional[str] = "models/cad3d_depth_256.onnx"  # exported at the end; None = no export
+
+
+def inverse_depth_target(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """depth (B, H, W) c_z (0 = background) -> (inverse depth (B, H, W), 0 off the part; mask)."""
+    mask = depth > 0  # (B, H, W)
+    inv = torch.where(mask, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+    return inv, mask
+
+
+def _median_mad(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image median and mean |x - median| over the mask: x, mask (B, H, W) -> (B,), (B,)."""
+    b = x.shape[0]
+    flat, m = x.reshape(b, -1), mask.reshape(b, -1)
+    filled = torch.where(m, flat, torch.full_like(flat, float("inf")))
+    count = m.sum(1).clamp_min(1)  # (B,)
+    # The lower median of the masked values (inf padding sorts last).
+    med = filled.sort(dim=1).values.gather(1, ((count - 1) // 2).unsqueeze(1)).squeeze(1)  # (B,)
+    med = torch.where(m.any(1), med, torch.zeros_like(med))
+    mad = ((flat - med[:, None]).abs() * m).sum(1) / count  # (B,)
+    return med, mad
+
+
+def ssi_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale-and-shift-invariant MAE (MiDaS) over the masked pixels, mean over images with any.
+
+    pred, target (B, H, W); mask (B, H, W) bool. Each of pred and target is normalized per image
+    to median 0 and mean absolute deviation 1 (a constant prediction normalizes to 0 and scores 1)."""
+    pm, ps = _median_mad(pred, mask)
+    tm, ts = _median_mad(target, mask)
+    pn = (pred - pm[:, None, None]) / (ps[:, None, None] + eps)  # (B, H, W)
+    tn = (target - tm[:, None, None]) / (ts[:, None, None] + eps)
+    count = mask.flatten(1).sum(1)  # (B,)
+    per_image = ((pn - tn).abs() * mask).flatten(1).sum(1) / count.clamp_min(1)  # (B,)
+    valid = count > 0
+    return per_image[valid].mean() if valid.any() else pred.sum() * 0.0
+
+
+def foreground_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hinge: relu(pred)^2 on background, relu(1 - pred)^2 on the part; class means averaged."""
+    bg, fg = ~mask, mask
+    bg_term = (F.relu(pred) ** 2 * bg).sum() / bg.sum().clamp_min(1)
+    fg_term = (F.relu(1.0 - pred) ** 2 * fg).sum() / fg.sum().clamp_min(1)
+    return 0.5 * (bg_term + fg_term)
+
+
+def depth_loss(pred: torch.Tensor, depth: torch.Tensor, fg_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """pred (B, H, W) network output; depth (B, H, W) camera depth c_z (0 = background)."""
+    target, mask = inverse_depth_target(depth.float())
+    ssi = ssi_loss(pred.float(), target, mask)
+    fg = foreground_loss(pred.float(), mask)
+    return ssi + fg_weight * fg, {"ssi": ssi.detach(), "fg": fg.detach()}
+
+
+@register_task
+class DepthTask(TrainTask):
+    name = "depth"
+    display_name = "Depth network (relative inverse depth)"
+    architecture = "U-Net (GroupNorm, bilinear up, skips) -> relative inverse depth; ONNX with the MiDaS v2.1 small contract"
+    config_class = DepthTaskConfig
+    schema = CheckpointSchema(
+        model="depth",
+        module_keys={"model": "model_state"},
+        epoch_file="depth_epoch_{epoch}.pth",
+        last_file="depth_last.pth",
+        best_file="depth_best.pth",
+        epoch_log_file="depth_epoch_log.json",
+        report_file="depth_training_report.json",
+        monitor="val_loss",
+        engine_keys={"val_loss": "val_loss", "loss_history": "loss_history", "model_config": "task_config"},
+    )
+
+    def __init__(self, config: DepthTaskConfig | None = None):
+        super().__init__(config)
+        self._model: nn.Module | None = None  # the module built for the engine (exported at the end)
+        self._rank = 0
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any]) -> "DepthTask":
+        d = dict(d)
+        model = d.get("model")
+        if isinstance(model, Mapping):
+            names = {f.name for f in dataclasses.fields(DepthNetConfig)}
+            d["model"] = DepthNetConfig(**{k: v for k, v in model.items() if k in names})
+        names = {f.name for f in dataclasses.fields(DepthTaskConfig)}
+        return cls(DepthTaskConfig(**{k: v for k, v in d.items() if k in names}))
+
+    # -- presets / data ----------------------------------------------------------------
+    @classmethod
+    def presets(cls) -> dict[str, DepthTaskConfig]:
+        tiny = DepthTaskConfig(model=DepthNetConfig(base_channels=8, max_channels=32, levels=3, image_size=128))
+        return {"tiny": tiny, "full": DepthTaskConfig()}
+
+    @classmethod
+    def engine_presets(cls) -> dict[str, dict[str, Any]]:
+        return {
+            "tiny": {"epochs": 10, "batch_size": 4, "lr": 3e-3, "device": "cpu"},
+            "full": {"epochs": 100, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4},
+        }
+
+    def build_datasets(self, data_dir: Path, *, seed: int = 0):
+        """(train, val): the folder's train/val splits, or all samples and no val without a manifest."""
+        cfg = self.config
+        common = dict(image_size=cfg.model.image_size, seed=seed)
+        manifests = read_manifests(Path(data_dir))
+        if manifests is None:
+            return DrawingDepthDataset(data_dir, augment=cfg.augment, **common), None
+        train = DrawingDepthDataset(data_dir, augment=cfg.augment, split="train", **common)
+        has_val = any(e.get("split") == "val" for e in manifests)
+        val = DrawingDepthDataset(data_dir, augment=False, split="val", **common) if has_val else None
+        return train, val
+
+    # -- model / steps ------------------------------------------------------------------
+    def build_modules(self) -> dict[str, nn.Module]:
+        self._model = DepthNet(self.config.model)
+        return {"model": self._model}
+
+    def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
+        self._rank = ctx.rank
+        images, depth = batch  # (B, 3, S, S), (B, S, S)
+        pred = modules["model"](images)  # (B, S, S)
+        return depth_loss(pred, depth, self.config.fg_weight)
+
+    def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
+        images, depth = batch
+        loss, parts = depth_loss(modules["model"](images), depth, self.config.fg_weight)
+        return {"val_loss": float(loss), "val_ssi": float(parts["ssi"]), "val_fg": float(parts["fg"])}
+
+    # -- end of training: ONNX ---------------------------------------------------------
+    def report_extras(self) -> dict[str, Any]:
+        """Exports the trained network to ``config.onnx_path`` (rank 0; the engine calls this
+        once, at the end of training, with the final weights). An export failure does not lose
+        the training: it is logged and reported under ``onnx.error`` (retry with
+        `cad3d.depth_onnx.export_depth_checkpoint` on ``depth_best.pth``)."""
+        if not self.config.onnx_path or self._model is None or self._rank != 0 or os.environ.get("RANK", "0") != "0":
+            return {"onnx": None}
+        from cad3d.depth_onnx import export_depth_onnx
+
+        try:
+            result = export_depth_onnx(self._model, self.config.onnx_path, extra_info={"task_config": self.config_dict()})
+        except Exception as exc:  # noqa: BLE001 - reported, the checkpoints are already saved
+            logger.error("ONNX export to %s failed: %s", self.config.onnx_path, exc)
+            return {"onnx": {"path": str(self.config.onnx_path), "error": str(exc)}}
+        logger.info("exported %s (max |onnx - torch| %.2g)", result.path, result.max_abs_diff)
+        return {"onnx": {"path": str(result.path), "sidecar": str(result.sidecar), "max_abs_diff": result.max_abs_diff}}
+
+    # -- verification -------------------------------------------------------------------
+    def example_batch(self, batch_size: int = 2, generator: torch.Generator | None = None):
+        s = self.config.model.image_size
+        images = torch.rand(batch_size, 3, s, s, generator=generator)  # (B, 3, S, S)
+        depth = torch.zeros(batch_size, s, s)  # (B, S, S): a square part at depth 2.5..3.5
+        q = s // 4
+        depth[:, q : 3 * q, q : 3 * q] = 2.5 + torch.rand(batch_size, 2 * q, 2 * q, generator=generator)
+        return images, depth
+
+    def forward_check(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
+        model = modules["model"]
+        model.eval()
+        with torch.no_grad():
+            return model(batch[0])  # (B, S, S)
