@@ -133,6 +133,7 @@ def _torch_onnx_export(module: nn.Module, example: torch.Tensor, path: Path, ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # GroupNorm's batch-size check: B is dynamic anyway
         torch.onnx.export(module, (example,), str(path), **kwargs)
 
 
