@@ -212,6 +212,9 @@ class Diffusion3DModel(nn.Module):
         super().__init__()
         self.config = config if config is not None else DiffusionConfig()
         self.image_encoder = image_encoder if image_encoder is not None else build_image_encoder(self.config.encoder)
+        if image_encoder is not None:  # e.g. a ViTImageEncoder (the hybrid): the U-Net follows its sizes
+            self.config = dataclasses.replace(self.config)
+            self.config.unet = dataclasses.replace(self.config.unet, cond_dim=image_encoder.out_dim, token_dim=image_encoder.token_dim)
         self.unet = PointNet2UNet(self.config.unet)
         self.schedule = NoiseSchedule(self.config.schedule)
 
