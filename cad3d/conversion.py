@@ -1,0 +1,230 @@
+"""Conversion plumbing shared by every path: reading a user's drawing, the geometric fallback,
+and writing clouds, meshes and previews without ever leaving a partial file.
+
+The converters themselves live in `cad3d.hybrid_vit_diffusion` (the hybrid) and
+`cad3d.vae_integration`; this module knows nothing about trained models.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cad3d.errors import ConversionError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+MAX_PIXELS = 64_000_000  # a 8000x8000 drawing; larger inputs are refused before decoding
+FORMATS = ("ply", "npy", "obj")
+
+
+def read_drawing(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
+    """A user's drawing as (image_size, image_size) float32 in [0, 1], 1 = white paper.
+
+    Accepts grayscale, RGB, RGBA and LA (transparent = white paper), palette and 16-bit images.
+    Raises ConversionError naming the file for: a missing file or folder, an empty file, a file
+    that is not an image, a truncated image, an image too large to decode safely, an unsupported
+    mode (CMYK, floating point) and a blank page.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from cad3d.data.dataset import load_drawing
+    from cad3d.errors import DatasetError
+
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a folder, not a drawing")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            mode = im.mode
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConversionError(f"{path}: not an image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise ConversionError(f"{path}: image too large to decode safely ({exc})") from None
+    if w * h > MAX_PIXELS:
+        raise ConversionError(f"{path}: image too large ({w}x{h} pixels; at most {MAX_PIXELS:,} pixels)")
+    if w < 8 or h < 8:
+        raise ConversionError(f"{path}: image too small ({w}x{h} pixels)")
+    if mode in ("CMYK", "F", "YCbCr", "LAB", "HSV"):
+        raise ConversionError(f"{path}: unsupported image mode {mode} (use grayscale, RGB or RGBA)")
+    try:
+        image = load_drawing(path, image_size)
+    except DatasetError as exc:
+        raise ConversionError(str(exc)) from None
+    except Image.DecompressionBombError as exc:
+        raise ConversionError(f"{path}: image too large to decode safely ({exc})") from None
+    if (image < 0.5).sum() < 10:
+        raise ConversionError(f"{path}: blank drawing (no lines found)")
+    return image
+
+
+def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator, camera=None) -> np.ndarray:
+    """A rough cloud from the drawing alone, when no model is available: (num_points, 3) float32.
+
+    The silhouette is inflated like a balloon: a pixel at distance d from the outline lies
+    ``h = H * sqrt(d / d_max)`` in front of and behind the mid-plane of the view, with H half the
+    silhouette's radius. It gets the outline and the extent right and the depth only roughly;
+    the result is normalized into the unit sphere like every ground-truth cloud.
+    """
+    from scipy import ndimage
+
+    from cad3d.depth_onnx import silhouette_mask
+    from cad3d.geometry.camera import EYE_DISTANCE, iso_camera
+
+    h_img, w_img = image.shape
+    cam = camera or iso_camera((h_img, w_img))
+    sil = silhouette_mask(image)
+    rows, cols = np.nonzero(sil)
+    if len(rows) == 0:
+        raise ConversionError("blank drawing: no outline to lift")
+    dist = ndimage.distance_transform_edt(sil)  # (H, W) pixels to the outline
+    pick = generator.integers(0, len(rows), size=num_points)
+    r, c = rows[pick], cols[pick]
+    uv = np.stack([c + generator.random(num_points), r + generator.random(num_points)], axis=1)  # (P, 2)
+    radius = np.sqrt(len(rows) / np.pi) / cam.scale  # world units of an equal-area disc
+    height = 0.5 * radius * np.sqrt(dist[r, c] / max(dist.max(), 1.0))  # (P,)
+    side = np.where(generator.random(num_points) < 0.5, -1.0, 1.0)
+    points = cam.unproject(uv, EYE_DISTANCE + side * height)  # (P, 3)
+    return normalize_cloud(points)
+
+
+def normalize_cloud(points: np.ndarray) -> np.ndarray:
+    """Centre at the bounding-box centre and scale into the unit sphere (float32)."""
+    p = np.asarray(points, dtype=np.float64)
+    center = (p.min(axis=0) + p.max(axis=0)) / 2.0
+    scale = max(float(np.linalg.norm(p - center, axis=1).max()), 1e-12)
+    return ((p - center) / scale).astype(np.float32)
+
+
+@dataclass
+class ConversionResult:
+    """One drawing's cloud and how it was made."""
+
+    points: np.ndarray  # (N, 3) float32, normalized object frame
+    method: str  # diffusion | vit | depth | geometric
+    trained: bool  # whether the weights that made it were trained
+    weights: dict = field(default_factory=dict)  # role -> checkpoint path (or "initial")
+    seconds: float = 0.0
+    source: str | None = None  # input path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
+    """Serialize a cloud: binary PLY of vertices, .npy, or an OBJ mesh reconstructed from it."""
+    import trimesh
+
+    pts = np.asarray(points, dtype=np.float32)
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, pts, allow_pickle=False)
+        return buf.getvalue()
+    if fmt == "ply":
+        return trimesh.PointCloud(pts).export(file_type="ply")
+    if fmt == "obj":
+        return mesh_from_cloud(pts).export(file_type="obj").encode()
+    raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+
+
+def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
+    """A watertight mesh around a normalized cloud: occupancy on a grid, closed and filled, then
+    marching cubes (trimesh with scikit-image). Coarse (voxel edge 2/resolution) but faithful to
+    concavities, unlike a convex hull."""
+    import trimesh
+    from scipy import ndimage
+
+    pts = np.asarray(points, dtype=np.float64)
+    pitch = 2.0 / resolution
+    idx = np.clip(np.floor((pts + 1.0) / pitch).astype(int), 0, resolution - 1)
+    grid = np.zeros((resolution,) * 3, dtype=bool)
+    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    grid = ndimage.binary_closing(grid, structure=np.ones((3, 3, 3)), iterations=1)
+    grid = ndimage.binary_fill_holes(grid)
+    # One empty voxel of padding keeps the surface closed at the grid's border.
+    mesh = trimesh.voxel.ops.matrix_to_marching_cubes(np.pad(grid, 1), pitch=pitch)
+    mesh.apply_translation(np.full(3, -1.0 - pitch / 2))
+    return mesh
+
+
+def preview_image(points: np.ndarray, drawing: np.ndarray | None = None, tile: int = 256) -> np.ndarray:
+    """(tile, k*tile, 3) uint8: the drawing (if given), then the cloud from iso, front, top and side."""
+    from cad3d.data.preview import render_cloud
+    from cad3d.geometry.camera import OrthoCamera, three_view_cameras
+
+    views = [c for c in three_view_cameras((tile, tile))]
+    tiles = []
+    if drawing is not None:
+        from PIL import Image
+
+        d = Image.fromarray((np.clip(drawing, 0, 1) * 255).astype(np.uint8), "L").resize((tile, tile))
+        tiles.append(np.asarray(d.convert("RGB")))
+    for cam in [views[-1]] + views[:-1]:
+        full = OrthoCamera.looking(cam.forward, image_size=(tile, tile), up=cam.R[1], name=cam.name)
+        tiles.append(render_cloud(points, full, size=tile, dot=2))
+    sheet = np.concatenate(tiles, axis=1)
+    sheet[:, [i * tile for i in range(1, len(tiles))]] = 200  # separators
+    return sheet
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = "ply",
+                 drawing: np.ndarray | None = None, preview: bool = True) -> dict[str, Path]:
+    """Write ``stem.<fmt>`` (and ``stem_preview.png``) into ``out_dir``; all bytes are produced
+    before anything is written, and each file appears whole or not at all."""
+    payloads = {fmt: cloud_bytes(result.points, fmt)}
+    if preview:
+        payloads["preview"] = png_bytes(preview_image(result.points, drawing))
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from None
+    written = {}
+    for kind, data in payloads.items():
+        path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{fmt}")
+        try:
+            _atomic_write(path, data)
+        except OSError as exc:
+            for done in written.values():
+                done.unlink(missing_ok=True)
+            raise ConversionError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        written[kind] = path
+    return written
+
+
+def collect_inputs(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders into drawing paths; folders without images are errors."""
+    found, errors = [], []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            images = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                errors.append((p, f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
+            found.extend(images)
+        else:
+            found.append(p)
+    return found, errors

@@ -1,0 +1,324 @@
+"""`HybridCAD3DConverter`: drawings in, point clouds out, with whatever weights exist.
+
+Paths, best first: ``diffusion`` (the image-conditioned DDPM, fast DDIM sampler) -> ``vit``
+(direct point prediction) -> ``depth`` (an ONNX depth model, ours or a user's MiDaS file, lifted
+with the iso camera) -> ``geometric`` (the drawing's silhouette inflated; needs nothing).
+``method="auto"`` takes the first path whose weights are trained; every result says which path
+ran, which weights it used and whether they were trained (seed 000's graceful degradation:
+missing files are fine, corrupt ones are errors).
+
+Continuous learning (``enable_learning=True``): `learn(image, points)` adds the pair to the
+diffusion model's replay buffer and fine-tunes it through the training engine on the new pair
+mixed with replayed ones; `save()` writes ``trained_models/hybrid/continuous_learning.pth``
+through the checkpoint manager, loadable like any diffusion checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from cad3d.conversion import ConversionResult, collect_inputs, geometric_fallback, read_drawing, write_result
+from cad3d.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("diffusion", "vit", "depth", "geometric")
+DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConversionError("device 'cuda' was asked for but CUDA is not available")
+    return dev
+
+
+def _existing(path) -> Optional[Path]:
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
+def resample(points: np.ndarray, num_points: int, generator: np.random.Generator) -> np.ndarray:
+    """(N, 3) -> (num_points, 3): a random subset, or with repetition when N is smaller."""
+    n = len(points)
+    idx = generator.permutation(n)[:num_points] if n >= num_points else generator.integers(0, n, num_points)
+    return np.asarray(points[idx], dtype=np.float32)
+
+
+class HybridCAD3DConverter:
+    """Convert drawings with the best available model (see the module docstring).
+
+    Args:
+        device: "auto" (CUDA if available), "cpu" or "cuda".
+        vit_model_path: a ViT checkpoint (``final_model.pth``); None or a missing file = no ViT.
+        diffusion_model_path: a diffusion checkpoint; None or missing = no trained diffusion
+            (with ``enable_learning`` an untrained model is built so `learn` can teach it).
+        enable_learning: keep a diffusion model and its replay buffer for `learn`/`save`.
+        depth_model_path: an ONNX depth model; None = the first known file in ``models_dir``.
+        num_points: default points per cloud.
+        learning_path: where `save` writes (default trained_models/hybrid/continuous_learning.pth).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "auto",
+        vit_model_path: str | os.PathLike | None = None,
+        diffusion_model_path: str | os.PathLike | None = None,
+        enable_learning: bool = True,
+        *,
+        depth_model_path: str | os.PathLike | None = None,
+        models_dir: str | os.PathLike = "models",
+        num_points: int = 4096,
+        learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
+        seed: int = 0,
+    ):
+        self.device = _resolve_device(device)
+        self.num_points = int(num_points)
+        self.enable_learning = bool(enable_learning)
+        self.learning_path = Path(learning_path)
+        self.seed = int(seed)
+        self.weights: dict[str, str] = {}
+        self.trained: dict[str, bool] = {m: False for m in METHODS}  # geometric has no weights at all
+
+        self.vit = None
+        vit_path = _existing(vit_model_path)
+        if vit_model_path is not None and vit_path is None:
+            warnings.warn(f"{vit_model_path}: ViT checkpoint not found; converting without the ViT", stacklevel=2)
+        if vit_path is not None:
+            from cad3d.vit_trainer import VisionTransformerTrainer
+
+            self.vit = VisionTransformerTrainer.from_checkpoint(vit_path)
+            self.vit.model.to(self.device).eval()
+            self.weights["vit"], self.trained["vit"] = str(vit_path), True
+
+        self.diffusion = None
+        self._diffusion_payload: Optional[dict] = None  # what `save` publishes
+        diff_path = _existing(diffusion_model_path)
+        if diffusion_model_path is not None and diff_path is None:
+            warnings.warn(f"{diffusion_model_path}: diffusion checkpoint not found; "
+                          + ("using initial weights" if enable_learning else "converting without diffusion"), stacklevel=2)
+        if diff_path is None and enable_learning and self.learning_path.is_file():
+            diff_path = self.learning_path  # continue what earlier sessions learned
+        if diff_path is not None or enable_learning:
+            from cad3d.diffusion_trainer import DiffusionTrainer
+
+            self.diffusion = DiffusionTrainer(device=str(self.device), progress=False)
+            if diff_path is not None:
+                self._diffusion_payload = self.diffusion.load_checkpoint(diff_path)
+                self.weights["diffusion"], self.trained["diffusion"] = str(diff_path), True
+            else:
+                self.weights["diffusion"] = "initial"
+            self.diffusion.model.eval()
+
+        self.depth = None
+        from cad3d.depth_onnx import DepthEstimator, find_depth_model
+
+        depth_path = _existing(depth_model_path) if depth_model_path is not None else find_depth_model(models_dir)
+        if depth_model_path is not None and depth_path is None:
+            warnings.warn(f"{depth_model_path}: depth model not found; converting without depth lifting", stacklevel=2)
+        if depth_path is not None:
+            self.depth = DepthEstimator(depth_path)
+            self.weights["depth"], self.trained["depth"] = str(depth_path), True
+
+    # -- choosing a path -----------------------------------------------------------------
+    def available_methods(self) -> list[str]:
+        """Paths that can run now, best first (untrained diffusion only if asked for by name)."""
+        have = {"diffusion": self.diffusion is not None, "vit": self.vit is not None,
+                "depth": self.depth is not None, "geometric": True}
+        return [m for m in METHODS if have[m]]
+
+    def resolve_method(self, method: str = "auto") -> str:
+        if method == "auto":
+            return next((m for m in self.available_methods() if self.trained[m]), "geometric")
+        if method not in METHODS:
+            raise ConversionError(f"unknown method {method!r}; choose from auto, {', '.join(METHODS)}")
+        if method not in self.available_methods():
+            raise ConversionError(f"method {method!r} is not available: no {method} model was loaded")
+        return method
+
+    # -- converting ----------------------------------------------------------------------
+    def convert(self, drawing, method: str = "auto", *, num_points: int | None = None, steps: int = 50,
+                guidance: float | None = None, seed: int | None = None) -> ConversionResult:
+        """One drawing (a path, or an (H, W) array in [0, 1] with 1 = paper) -> its cloud."""
+        return self.convert_batch([drawing], method, num_points=num_points, steps=steps, guidance=guidance, seed=seed)[0]
+
+    def convert_batch(self, drawings: Sequence, method: str = "auto", *, num_points: int | None = None,
+                      steps: int = 50, guidance: float | None = None, seed: int | None = None) -> list[ConversionResult]:
+        """Several drawings in one model call (batched on the GPU). Inputs as in `convert`."""
+        chosen = self.resolve_method(method)
+        n_pts = int(num_points or self.num_points)
+        seed = self.seed if seed is None else int(seed)
+        sources = [str(d) if isinstance(d, (str, os.PathLike)) else None for d in drawings]
+        images = [read_drawing(d) if isinstance(d, (str, os.PathLike)) else self._as_drawing(d) for d in drawings]
+        t0 = time.perf_counter()
+        if chosen == "diffusion":
+            clouds = self._run_diffusion(images, n_pts, steps, guidance, seed)
+        elif chosen == "vit":
+            clouds = self._run_vit(images, n_pts, seed)
+        elif chosen == "depth":
+            clouds = self._run_depth(images, n_pts, seed)
+        else:
+            clouds = [geometric_fallback(img, n_pts, np.random.default_rng([seed, i])) for i, img in enumerate(images)]
+        per = (time.perf_counter() - t0) / max(len(images), 1)
+        weights = {chosen: self.weights.get(chosen, "none")}
+        return [ConversionResult(points=c, method=chosen, trained=self.trained[chosen], weights=weights, seconds=per,
+                                 source=s) for c, s in zip(clouds, sources)]
+
+    @staticmethod
+    def _as_drawing(d) -> np.ndarray:
+        arr = np.asarray(d.detach().cpu() if isinstance(d, torch.Tensor) else d, dtype=np.float32)
+        if arr.ndim == 3:  # (3, H, W) tensor layout or (H, W, 3)
+            arr = arr.mean(0) if arr.shape[0] in (1, 3) else arr[..., :3].mean(-1)
+        if arr.ndim != 2:
+            raise ConversionError(f"a drawing array must be (H, W) or (3, H, W), got {arr.shape}")
+        if arr.max() > 1.0:
+            arr = arr / 255.0
+        return np.clip(arr, 0.0, 1.0)
+
+    def _batch_tensor(self, images: list[np.ndarray], size: int) -> torch.Tensor:
+        from PIL import Image
+
+        out = []
+        for img in images:
+            if img.shape != (size, size):
+                img = np.asarray(Image.fromarray((img * 255).astype(np.uint8), "L").resize((size, size), Image.BILINEAR),
+                                 dtype=np.float32) / 255.0
+            out.append(torch.from_numpy(np.ascontiguousarray(img)).expand(3, -1, -1))
+        return torch.stack(out).to(self.device)  # (B, 3, size, size)
+
+    def _run_diffusion(self, images, n_pts, steps, guidance, seed) -> list[np.ndarray]:
+        model = self.diffusion.model
+        x = self._batch_tensor(images, model.config.image_size)
+        clouds = self.diffusion.sample(x, steps=steps, guidance=guidance, seed=seed, num_points=n_pts)  # (B, N, 3)
+        return [c.float().cpu().numpy() for c in clouds]
+
+    def _run_vit(self, images, n_pts, seed) -> list[np.ndarray]:
+        x = self._batch_tensor(images, self.vit.model.config.image_size)
+        with torch.no_grad():
+            clouds = self.vit.predict(x).float().cpu().numpy()  # (B, N, 3)
+        return [resample(c, n_pts, np.random.default_rng([seed, i])) if len(c) != n_pts else c
+                for i, c in enumerate(clouds)]
+
+    def _run_depth(self, images, n_pts, seed) -> list[np.ndarray]:
+        from cad3d.conversion import normalize_cloud
+        from cad3d.depth_onnx import lift_drawing
+
+        out = []
+        for i, img in enumerate(images):
+            cloud = lift_drawing(img, self.depth.predict(img))  # (P, 3), one point per foreground pixel
+            out.append(normalize_cloud(resample(cloud, n_pts, np.random.default_rng([seed, i]))))
+        return out
+
+    # -- continuous learning -------------------------------------------------------------
+    def learn(self, image, points, *, steps: int = 10, batch_size: int = 4, lr: float = 1e-4) -> dict:
+        """Add (drawing, cloud) to the replay buffer and fine-tune the diffusion model on it mixed
+        with replayed pairs, through the training engine. Returns the engine's report."""
+        if not self.enable_learning or self.diffusion is None:
+            raise ConversionError("learning is disabled (enable_learning=False)")
+        model = self.diffusion.model
+        img = self._batch_tensor([read_drawing(image) if isinstance(image, (str, os.PathLike)) else self._as_drawing(image)],
+                                 model.config.image_size)[0].cpu()  # (3, S, S)
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float32))
+        if pts.ndim != 2 or pts.shape[1] != 3 or not torch.isfinite(pts).all():
+            raise ConversionError(f"points must be a finite (N, 3) array, got shape {tuple(pts.shape)}")
+        from cad3d.data.dataset import choose_points
+
+        pts = torch.from_numpy(choose_points(pts.numpy(), model.config.num_points, np.random.default_rng(self.seed)))
+        self.diffusion.replay_buffer.add(img, pts)
+        pairs = [(img, pts)] * batch_size
+        from cad3d.training.checkpoint import load_checkpoint
+        from cad3d.training.diffusion_task import DiffusionTask
+
+        with tempfile.TemporaryDirectory(prefix="cad3d_learn_") as tmp:
+            report = self.diffusion.train(pairs, None, epochs=1, max_steps=steps, replay_ratio=0.5, out_dir=tmp,
+                                          batch_size=batch_size, lr=lr, handle_signals=False, progress=False)
+            # The engine's own checkpoint of the fine-tuned model is what `save` publishes.
+            self._diffusion_payload = load_checkpoint(Path(tmp) / DiffusionTask.schema.last_file)
+        self.diffusion.model.eval()
+        self.trained["diffusion"] = True
+        self.weights["diffusion"] = "continuous learning"
+        return report
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Publish the diffusion model as it now is (weights, optimizer, replay buffer, metadata)
+        to ``continuous_learning.pth`` through the checkpoint manager; it loads like any
+        diffusion checkpoint (`DiffusionTrainer.load_checkpoint`, ``diffusion_model_path``)."""
+        if self._diffusion_payload is None:
+            raise ConversionError("nothing to save: no diffusion weights were loaded or learned (call learn() first)")
+        import dataclasses
+
+        from cad3d.training.checkpoint import CheckpointManager
+        from cad3d.training.diffusion_task import DiffusionTask
+
+        path = Path(path) if path is not None else self.learning_path
+        schema = dataclasses.replace(DiffusionTask.schema, last_file=path.name, best_file=None)
+        payload = self._diffusion_payload
+        meta = payload.get("cad3d_meta") or {}
+        saved = CheckpointManager(path.parent, schema).save_last(
+            payload, epoch=int(meta.get("epoch") or 0), global_step=int(meta.get("global_step") or 0),
+            metrics=meta.get("metrics") or {})
+        return Path(saved)
+
+
+@dataclass
+class ConvertReport:
+    results: list[dict] = field(default_factory=list)  # input, outputs, method, trained, seconds
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, why)
+
+
+def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  method: str = "auto", fmt: str = "ply", num_points: int | None = None, steps: int = 50,
+                  guidance: float | None = None, batch_size: int = 16, seed: int = 0, preview: bool = True,
+                  progress: bool = True) -> ConvertReport:
+    """Convert files and folders of drawings into ``out_dir`` (``<name>.<fmt>`` and a preview).
+
+    Each bad input is recorded in ``report.failed`` with its cause and the others go on; nothing
+    partial is ever written. Drawings are read first, then converted ``batch_size`` at a time.
+    """
+    from tqdm.auto import tqdm
+
+    report = ConvertReport()
+    paths, folder_errors = collect_inputs(list(inputs))
+    report.failed.extend((str(p), why) for p, why in folder_errors)
+    chosen = converter.resolve_method(method)
+    readable = []
+    for p in paths:
+        try:
+            readable.append((p, read_drawing(p)))
+        except ConversionError as exc:
+            report.failed.append((str(p), str(exc)))
+    used_stems: set[str] = set()
+    bar = tqdm(total=len(readable), desc=f"convert ({chosen})", unit="drawing", disable=not progress or len(readable) < 2)
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start:start + batch_size]
+        try:
+            results = converter.convert_batch([img for _, img in chunk], chosen, num_points=num_points, steps=steps,
+                                              guidance=guidance, seed=seed + start)
+        except ConversionError as exc:
+            report.failed.extend((str(p), f"{p}: {exc}") for p, _ in chunk)
+            bar.update(len(chunk))
+            continue
+        for (p, img), res in zip(chunk, results):
+            stem = p.stem if p.stem not in used_stems else f"{p.parent.name}_{p.stem}"
+            used_stems.add(stem)
+            try:
+                outputs = write_result(res, Path(out_dir), stem, fmt, drawing=img, preview=preview)
+            except ConversionError as exc:
+                report.failed.append((str(p), str(exc)))
+                continue
+            report.results.append({"input": str(p), "outputs": outputs, "method": res.method, "trained": res.trained,
+                                   "seconds": res.seconds})
+        bar.update(len(chunk))
+    bar.close()
+    return report
