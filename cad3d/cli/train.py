@@ -18,7 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-from cad3d.errors import DatasetError
 
 # CLI flag -> EngineConfig field, for flags that map one to one (None = not given).
 _ENGINE_FLAGS = {
@@ -70,31 +69,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cad3d.training.engine import Engine, EngineConfig, TrainingInterrupted
+    from cad3d.training.engine import TrainingInterrupted, train_model
     from cad3d.training.task import get_task_class, known_tasks
 
     try:
-        task_cls = get_task_class(args.model)
+        get_task_class(args.model)
     except KeyError:
         args._parser.error(f"unknown model {args.model!r}; known: {', '.join(known_tasks()) or 'none registered'}")
-    task = task_cls(task_cls.presets()[args.preset])
-
-    fields = dict(task_cls.engine_presets().get(args.preset, {}))
-    fields.update({field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items() if getattr(args, flag) is not None})
-    fields["out_dir"] = args.out or str(Path("trained_models") / args.model)
-    fields["compile"] = args.compile or fields.get("compile", False)
-    fields["tensorboard"] = args.tensorboard or fields.get("tensorboard", False)
+    overrides = {field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items()}
+    if args.compile:
+        overrides["compile"] = True
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     if args.no_progress:
-        fields["progress"] = False
-    config = EngineConfig(**fields)
-
-    data = Path(args.data)
-    if not data.is_dir():
-        raise DatasetError(f"{data}: data folder not found")
-    train_set, val_set = task.build_datasets(data, seed=config.seed)
-
+        overrides["progress"] = False
+    out_dir = args.out or str(Path("trained_models") / args.model)
     try:
-        report = Engine(task, train_set, val_set, config).fit()
+        report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, **overrides)
     except TrainingInterrupted as exc:
         print(f"cad3d: {exc}", file=sys.stderr)
         return 128 + exc.signal_number
@@ -104,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
     best = report["best_loss"]
     print(
         f"{args.model}: {status} after {report['total_epochs']} epochs, {report['total_steps']} steps; "
-        f"best {report['monitor']} {best if best is None else f'{best:.6g}'}; outputs in {config.out_dir}"
+        f"best {report['monitor']} {best if best is None else f'{best:.6g}'}; outputs in {out_dir}"
     )
     return 0

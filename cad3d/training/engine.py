@@ -754,3 +754,27 @@ class Engine:
             raise KeyboardInterrupt  # a second signal: stop now
         self._stop_signal = signum
         logger.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+
+
+def train_model(model: str, data_dir: str | os.PathLike, *, preset: str = "tiny", out_dir: str | os.PathLike | None = None,
+                **engine_fields: Any) -> dict:
+    """Train the registered task ``model`` on a dataset folder with its preset — what `cad3d train`
+    and the demo run. ``engine_fields`` (EngineConfig fields; None = the preset's) override the
+    preset's engine settings; ``out_dir`` defaults to ``trained_models/<model>``. Returns the report."""
+    from cad3d.errors import DatasetError
+    from cad3d.training.task import get_task_class
+
+    task_cls = get_task_class(model)
+    presets = task_cls.presets()
+    if preset not in presets:
+        raise TrainingConfigError(f"{model} has no preset {preset!r}; presets: {', '.join(presets)}")
+    task = task_cls(presets[preset])
+    fields = dict(task_cls.engine_presets().get(preset, {}))
+    fields.update({k: v for k, v in engine_fields.items() if v is not None})
+    fields["out_dir"] = str(out_dir if out_dir is not None else Path("trained_models") / model)
+    config = EngineConfig(**fields)
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise DatasetError(f"{data}: data folder not found")
+    train_set, val_set = task.build_datasets(data, seed=config.seed)
+    return Engine(task, train_set, val_set, config).fit()
