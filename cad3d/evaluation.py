@@ -87,20 +87,33 @@ class SampleScore:
     error: Optional[str] = None
 
 
-def score_cloud(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Metrics of one prediction (N, 3) against its ground truth (M, 3); N may differ from M.
+def score_clouds(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[dict[str, float]]:
+    """Metrics of predictions (N_i, 3) against their ground truths (M_i, 3); N_i may differ from M_i.
 
-    Returns {"chamfer_l2": squared units, "fscore_1pct": [0, 1], "fscore_2pct": [0, 1]}.
+    Returns one {"chamfer_l2": squared units, "fscore_1pct": [0, 1], "fscore_2pct": [0, 1]} per
+    pair. Pairs of equal shapes go through the metrics as one batch.
     """
     from cad3d.geometry.ops import chamfer_distance, f_score
 
-    p = torch.as_tensor(np.asarray(pred, dtype=np.float32))  # (N, 3)
-    g = torch.as_tensor(np.asarray(gt, dtype=np.float32))  # (M, 3)
-    with torch.no_grad():
-        cd = chamfer_distance(p, g, norm="l2", reduction="none")
-        f1, _, _ = f_score(p, g, tau_rel=0.01)
-        f2, _, _ = f_score(p, g, tau_rel=0.02)
-    return {"chamfer_l2": float(cd), "fscore_1pct": float(f1), "fscore_2pct": float(f2)}
+    out: list[Optional[dict]] = [None] * len(preds)
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        groups.setdefault((np.shape(p), np.shape(g)), []).append(i)
+    for idx in groups.values():
+        p = torch.from_numpy(np.stack([np.asarray(preds[i], dtype=np.float32) for i in idx]))  # (B, N, 3)
+        g = torch.from_numpy(np.stack([np.asarray(gts[i], dtype=np.float32) for i in idx]))  # (B, M, 3)
+        with torch.no_grad():
+            cd = chamfer_distance(p, g, norm="l2", reduction="none")  # (B,)
+            f1, _, _ = f_score(p, g, tau_rel=0.01)  # (B,)
+            f2, _, _ = f_score(p, g, tau_rel=0.02)  # (B,)
+        for k, i in enumerate(idx):
+            out[i] = {"chamfer_l2": float(cd[k]), "fscore_1pct": float(f1[k]), "fscore_2pct": float(f2[k])}
+    return out
+
+
+def score_cloud(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Metrics of one prediction (N, 3) against its ground truth (M, 3), as in `score_clouds`."""
+    return score_clouds([pred], [gt])[0]
 
 
 def _summary(scores: Sequence[SampleScore]) -> dict:
@@ -353,6 +366,10 @@ def evaluate(
             train_records, why = [], f"no training split to index ({exc})"
         else:
             if held_out:
+                seen = sorted({r.family for r in train_records if r.family in held_out})
+                if seen:
+                    notes.append(f"the train split of {train_dir} holds the held-out families {', '.join(seen)}: the "
+                                 "baselines leave them out, the models must have been trained without them")
                 train_records = [r for r in train_records if r.family not in held_out]
             why = f"no training samples outside the held-out families in {train_dir}"
         for m in baseline_wanted:
@@ -381,26 +398,16 @@ def evaluate(
         for start in range(0, len(records), batch_size):
             idx = list(range(start, min(start + batch_size, len(records))))
             results = _run_batch(m, runner, converter, [drawings[i] for i in idx], n_pts, steps, guidance, seed + start)
-            for i, (cloud, seconds, error) in zip(idx, results):
-                rec = records[i]
-                s = SampleScore(rec.stem, rec.family, m, seconds=seconds, error=error)
-                if error is None:
-                    try:
-                        cloud = _check_cloud(cloud)
-                        for k, v in score_cloud(cloud, truths[i]).items():
-                            setattr(s, k, v)
-                    except EvaluationError as exc:
-                        s.error, cloud = str(exc), None
-                if s.error is not None:
-                    log.warning("%s failed on %s: %s", m, rec.stem, s.error)
+            batch = _score_batch(m, [records[i] for i in idx], [truths[i] for i in idx], results)
+            for rec, (s, cloud) in zip((records[i] for i in idx), batch):
                 scores.append(s)
                 if rec.stem in examples:
-                    example_clouds[rec.stem][m] = cloud if s.error is None else None
+                    example_clouds[rec.stem][m] = cloud
             bar.update(len(idx))
     bar.close()
 
     skipped = {m: info["note"] for m, info in method_info.items() if info["status"] == "skipped"}
-    notes.extend(f"{m} skipped: {why}" for m, why in skipped.items())
+    notes[:0] = [f"{m} skipped: {why}" for m, why in skipped.items()]
     report = {
         "data": str(data_dir),
         "split": split,
@@ -425,6 +432,26 @@ def evaluate(
         report["artefacts"] = write_artefacts(report, out_dir, examples=example_rows, example_stems=stems,
                                               runs_dir=runs_dir)
     return report
+
+
+def _score_batch(method: str, records, truths, results) -> list[tuple[SampleScore, Optional[np.ndarray]]]:
+    """[(score, checked cloud or None)] for one batch of `_run_batch` results, scored in one call."""
+    out = []
+    for rec, (cloud, seconds, error) in zip(records, results):
+        s = SampleScore(rec.stem, rec.family, method, seconds=seconds, error=error)
+        if error is None:
+            try:
+                cloud = _check_cloud(cloud)
+            except EvaluationError as exc:
+                s.error = str(exc)
+        if s.error is not None:
+            log.warning("%s failed on %s: %s", method, rec.stem, s.error)
+        out.append((s, cloud if s.error is None else None))
+    ok = [k for k, (_, c) in enumerate(out) if c is not None]
+    for k, metrics in zip(ok, score_clouds([out[k][1] for k in ok], [truths[k] for k in ok])):
+        for name, v in metrics.items():
+            setattr(out[k][0], name, v)
+    return out
 
 
 def _run_batch(method, runner, converter, drawings, n_pts, steps, guidance, seed) -> list[tuple]:
