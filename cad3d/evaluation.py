@@ -30,7 +30,7 @@ the baselines' training index leaves them out, so the report measures generalisa
 part types. The models must have been trained without them too: make the training set with
 ``cad3d data synth --families <the others>`` (or `create_synthetic_training_data(families=...)`),
 train on it, and evaluate on a second dataset of the held-out families with
-``cad3d eval --data HELD_OUT --train-data TRAIN_SET --families a,b``.
+``cad3d eval --data HELD_OUT --split all --train-data TRAIN_SET --families a,b``.
 
 Artefacts (`write_artefacts`): ``eval.json`` (the report), ``eval.md`` (Markdown tables overall
 and per family), ``eval_examples.png`` (drawing, ground truth and each method's cloud for a few
@@ -298,6 +298,7 @@ def evaluate(
     """Score ``methods`` on split ``split`` of ``data_dir``; returns the report (see `write_artefacts`).
 
     Args:
+        split: "train", "val", "test", or "all" (every sample: e.g. a dataset of held-out families).
         methods: names from `ALL_METHODS`; None = all of them (unavailable ones are reported as
             skipped with the reason). Explicitly asked-for methods are skipped the same way.
         converter: a `HybridCAD3DConverter`; None = one with no weights (geometric only, plus
@@ -325,7 +326,7 @@ def evaluate(
         raise EvaluationError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
     held_out = parse_families(families)
 
-    records = index_dataset(data_dir, split)
+    records = index_dataset(data_dir, None if split in (None, "all") else split)
     if held_out:
         records = [r for r in records if r.family in held_out]
         if not records:
@@ -706,7 +707,7 @@ def loss_curve_image(curves: dict[str, list[tuple[float, float]]], title: str, s
     from PIL import Image, ImageDraw
 
     w, h = size
-    left, right, top, bottom = 78, 20, 34, 50
+    left, right, top, bottom = 78, 20, 52, 50  # the legend sits above the plot, never on the curves
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(14), _font(11)
@@ -750,9 +751,9 @@ def loss_curve_image(curves: dict[str, list[tuple[float, float]]], title: str, s
             draw.line(xy, fill=color, width=2)
         for cx, cy in xy:
             draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
-        ly = top + 8 + 18 * k
-        draw.line([(w - right - 150, ly + 7), (w - right - 125, ly + 7)], fill=color, width=3)
-        draw.text((w - right - 120, ly), name, fill=(0, 0, 0), font=small)
+        lx = left + 170 * k
+        draw.line([(lx, top - 12), (lx + 25, top - 12)], fill=color, width=3)
+        draw.text((lx + 30, top - 19), name, fill=(0, 0, 0), font=small)
     return np.asarray(img)
 
 

@@ -181,6 +181,9 @@ def test_held_out_families_are_evaluated_alone_and_left_out_of_the_baselines(tin
     unseen_train = [r for r in index_dataset(tiny_dataset, "train") if r.family not in held]
     assert report["methods"]["retrieval"]["train_samples"] == len(unseen_train)
     assert "Unseen families" in (tmp_path / "out" / "eval.md").read_text()
+    # A dataset made of held-out families only is evaluated whole: --split all.
+    every = evaluate(tiny_dataset, "all", ["mean"], bare_converter(tmp_path), families=held)
+    assert every["num_samples"] == len([r for r in index_dataset(tiny_dataset) if r.family in held])
     with pytest.raises(EvaluationError, match="unknown part families"):
         evaluate(tiny_dataset, "test", ["mean"], bare_converter(tmp_path), families="teapot")
 

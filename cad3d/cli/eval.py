@@ -18,9 +18,10 @@ def add_parser(sub) -> None:
                     "and DIR/loss_<run>.png for each training run under --runs, and prints the table. "
                     "Unseen part types: make the training set without some families (cad3d data synth --families "
                     "<the others>), train on it, then evaluate a dataset of the held-out families with "
-                    "--train-data TRAIN_SET --families a,b.")
+                    "--split all --train-data TRAIN_SET --families a,b.")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder to evaluate")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
+                   help="split to evaluate (default test; all: every sample, e.g. of a held-out-families dataset)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"methods to score (default all: {', '.join(ALL_METHODS)}; unavailable ones are reported "
