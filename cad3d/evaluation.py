@@ -378,12 +378,16 @@ def evaluate(
                 method_info[m] = {"kind": "baseline", "status": "skipped", "note": why, "trained": None}
                 continue
             t0 = time.perf_counter()
-            if m == "retrieval":
-                runners[m] = RetrievalBaseline.from_records(train_records)
-                note = f"nearest of {len(train_records)} training drawings (cosine of {THUMBNAIL_SIZE}px ink thumbnails)"
-            else:
-                runners[m] = base = MeanBaseline.from_records(train_records, seed=seed)
-                note = f"medoid training cloud {base.stem} (least mean Chamfer to {base.pool - 1} other training clouds)"
+            try:
+                if m == "retrieval":
+                    runners[m] = RetrievalBaseline.from_records(train_records)
+                    note = f"nearest of {len(train_records)} training drawings (cosine of {THUMBNAIL_SIZE}px ink thumbnails)"
+                else:
+                    runners[m] = base = MeanBaseline.from_records(train_records, seed=seed)
+                    note = f"medoid training cloud {base.stem} (least mean Chamfer to {base.pool - 1} other training clouds)"
+            except DatasetError as exc:  # a bad training file: this baseline cannot be built
+                method_info[m] = {"kind": "baseline", "status": "skipped", "note": str(exc), "trained": None}
+                continue
             method_info[m] = {"kind": "baseline", "status": "ok", "trained": None, "note": note,
                               "train_data": str(train_dir), "train_samples": len(train_records),
                               "setup_seconds": time.perf_counter() - t0}
@@ -481,9 +485,9 @@ def _run_batch(method, runner, converter, drawings, n_pts, steps, guidance, seed
 # artefacts
 # --------------------------------------------------------------------------------------------
 def method_label(name: str, info: dict) -> str:
-    """"vit (trained)", "geometric (no weights)", "retrieval (baseline)", ..."""
+    """"vit (trained)", "geometric (no weights)", "retrieval (baseline)", "mean (baseline, medoid)", ..."""
     if info.get("kind") == "baseline":
-        return f"{name} (baseline)"
+        return f"{name} (baseline, medoid)" if name == "mean" else f"{name} (baseline)"
     if info.get("trained") is None:
         return f"{name} (no weights)"
     return f"{name} ({'trained' if info['trained'] else 'untrained'})"

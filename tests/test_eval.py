@@ -263,3 +263,19 @@ def test_cli_help():
         with pytest.raises(SystemExit) as exc:
             main([group, "--help"])
         assert exc.value.code == 0
+
+
+def test_depth_lifting_is_scored_when_an_onnx_depth_model_exists(tiny_dataset, tmp_path):
+    import torch
+
+    from cad3d.depth_onnx import OUR_MODEL_NAME, export_depth_onnx
+    from cad3d.models.depth_net import DepthNet, DepthNetConfig
+
+    torch.manual_seed(0)
+    net = DepthNet(DepthNetConfig(base_channels=4, max_channels=16, levels=2, image_size=64)).eval()
+    export_depth_onnx(net, tmp_path / "models" / OUR_MODEL_NAME)  # untrained weights: only the path is under test
+    converter = HybridCAD3DConverter(device="cpu", enable_learning=False, models_dir=tmp_path / "models")
+    report = evaluate(tiny_dataset, "test", ["depth", "geometric"], converter)
+    assert report["methods"]["depth"]["status"] == "ok" and report["methods"]["depth"]["weights"].endswith(".onnx")
+    row = report["overall"]["depth"]
+    assert row["n"] == report["num_samples"] and row["failed"] == 0 and row["chamfer_l2"] > 0
