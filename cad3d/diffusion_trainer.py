@@ -81,13 +81,14 @@ class DiffusionTrainer:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def make_task(self, replay_ratio: Optional[float] = None) -> DiffusionTask:
+    def make_task(self, replay_ratio: Optional[float] = None, offer_to_replay: bool = True) -> DiffusionTask:
         config = DiffusionTaskConfig(
             model=self.model.config,
             augment=self.augment,
             replay_size=self.replay_buffer.capacity,
             replay_ratio=self.replay_ratio if replay_ratio is None else replay_ratio,
             save_every=self.save_every,
+            offer_to_replay=offer_to_replay,
         )
         return DiffusionTask(config, model=self.model, replay_buffer=self.replay_buffer)
 
@@ -100,17 +101,19 @@ class DiffusionTrainer:
         resume: str | os.PathLike | None = None,
         max_steps: Optional[int] = None,
         replay_ratio: Optional[float] = None,
+        offer_to_replay: bool = True,
         **engine_overrides: Any,
     ) -> dict:
         """Train; returns the training report (also written to ``save_dir/training_report.json``).
 
         ``data``: a dataset folder (its train/val splits) or a dataset of (image, points);
         ``resume``: None, "auto" or a checkpoint path (restores weights, optimizer, RNG, data
-        order and the replay buffer). Afterwards ``self.model`` holds the trained weights (on
+        order and the replay buffer); ``offer_to_replay=False``: training batches are not added to
+        the replay buffer (the caller adds what it wants kept). Afterwards ``self.model`` holds the trained weights (on
         the training device)."""
         from cad3d.training.engine import Engine, EngineConfig
 
-        task = self.make_task(replay_ratio)
+        task = self.make_task(replay_ratio, offer_to_replay)
         if isinstance(data, (str, os.PathLike)):
             train, val = task.build_datasets(Path(data), seed=self.engine_kw.get("seed", 0))
         else:

@@ -198,10 +198,18 @@ class HybridCAD3DConverter:
         return torch.stack(out).to(self.device)  # (B, 3, size, size)
 
     def _run_diffusion(self, images, n_pts, steps, guidance, seed) -> list[np.ndarray]:
+        # The U-Net's neighbourhoods are sized for the cloud density it was trained on, so sample
+        # at the model's own point count; more points come from more samples of the same drawing
+        # (independent noise), fewer from a random subset.
         model = self.diffusion.model
-        x = self._batch_tensor(images, model.config.image_size)
-        clouds = self.diffusion.sample(x, steps=steps, guidance=guidance, seed=seed, num_points=n_pts)  # (B, N, 3)
-        return [c.float().cpu().numpy() for c in clouds]
+        native = model.config.num_points
+        x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
+        rounds = -(-n_pts // native)
+        parts = [self.diffusion.sample(x, steps=steps, guidance=guidance, seed=seed + r).float().cpu().numpy()
+                 for r in range(rounds)]  # rounds x (B, native, 3)
+        clouds = np.concatenate(parts, axis=1)  # (B, rounds * native, 3)
+        return [resample(c, n_pts, np.random.default_rng([seed, i])) if len(c) != n_pts else c
+                for i, c in enumerate(clouds)]
 
     def _run_vit(self, images, n_pts, seed) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.model.config.image_size)
@@ -221,28 +229,29 @@ class HybridCAD3DConverter:
         return out
 
     # -- continuous learning -------------------------------------------------------------
-    def learn(self, image, points, *, steps: int = 10, batch_size: int = 4, lr: float = 1e-4) -> dict:
-        """Add (drawing, cloud) to the replay buffer and fine-tune the diffusion model on it mixed
-        with replayed pairs, through the training engine. Returns the engine's report."""
+    def learn(self, image, points, *, steps: int = 10, replay: int = 3, lr: float = 1e-4) -> dict:
+        """Add (drawing, cloud) to the replay buffer and fine-tune the diffusion model through the
+        training engine: ``steps`` steps, each on the new pair plus ``replay`` pairs drawn from
+        the buffer, so that old shapes are not forgotten. Returns the engine's report."""
         if not self.enable_learning or self.diffusion is None:
             raise ConversionError("learning is disabled (enable_learning=False)")
-        model = self.diffusion.model
-        img = self._batch_tensor([read_drawing(image) if isinstance(image, (str, os.PathLike)) else self._as_drawing(image)],
-                                 model.config.image_size)[0].cpu()  # (3, S, S)
-        pts = torch.as_tensor(np.asarray(points, dtype=np.float32))
-        if pts.ndim != 2 or pts.shape[1] != 3 or not torch.isfinite(pts).all():
-            raise ConversionError(f"points must be a finite (N, 3) array, got shape {tuple(pts.shape)}")
         from cad3d.data.dataset import choose_points
-
-        pts = torch.from_numpy(choose_points(pts.numpy(), model.config.num_points, np.random.default_rng(self.seed)))
-        self.diffusion.replay_buffer.add(img, pts)
-        pairs = [(img, pts)] * batch_size
         from cad3d.training.checkpoint import load_checkpoint
         from cad3d.training.diffusion_task import DiffusionTask
 
+        model = self.diffusion.model
+        gray = read_drawing(image) if isinstance(image, (str, os.PathLike)) else self._as_drawing(image)
+        img = self._batch_tensor([gray], model.config.image_size)[0].cpu()  # (3, S, S)
+        pts = np.asarray(points, dtype=np.float32)
+        if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0 or not np.isfinite(pts).all():
+            raise ConversionError(f"points must be a finite (N, 3) array, got shape {pts.shape}")
+        pts = torch.from_numpy(choose_points(pts, model.config.num_points, np.random.default_rng(self.seed)))
+        self.diffusion.replay_buffer.add(img[None], pts[None])
         with tempfile.TemporaryDirectory(prefix="cad3d_learn_") as tmp:
-            report = self.diffusion.train(pairs, None, epochs=1, max_steps=steps, replay_ratio=0.5, out_dir=tmp,
-                                          batch_size=batch_size, lr=lr, handle_signals=False, progress=False)
+            # One pair per epoch, so `steps` epochs; the pair joined the buffer once, above.
+            report = self.diffusion.train([(img, pts)], None, epochs=steps, replay_ratio=float(replay),
+                                          offer_to_replay=False, out_dir=tmp, batch_size=1, lr=lr,
+                                          handle_signals=False, progress=False, keep_last=1)
             # The engine's own checkpoint of the fine-tuned model is what `save` publishes.
             self._diffusion_payload = load_checkpoint(Path(tmp) / DiffusionTask.schema.last_file)
         self.diffusion.model.eval()

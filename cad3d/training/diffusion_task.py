@@ -137,6 +137,7 @@ class DiffusionTaskConfig:
     replay_ratio: float = 0.0
     replay_seed: int = 0
     save_every: int = 10
+    offer_to_replay: bool = True  # offer every training batch to the buffer (off when the caller adds)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
@@ -253,7 +254,8 @@ class DiffusionTask(TrainTask):
     def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
         images, points = batch[0], batch[1]  # (B, 3, H, W), (B, N, 3)
         mixed_images, mixed_points = self._mix_replay(images, points)
-        self.replay_buffer.add(images, points)
+        if self.config.offer_to_replay:
+            self.replay_buffer.add(images, points)
         loss, parts = denoising_loss(
             modules["image_encoder"], modules["unet"], self.schedule(ctx.device), mixed_images, mixed_points,
             ctx.generator, self.config.model.cond_drop_prob,

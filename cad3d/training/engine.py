@@ -757,10 +757,11 @@ class Engine:
 
 
 def train_model(model: str, data_dir: str | os.PathLike, *, preset: str = "tiny", out_dir: str | os.PathLike | None = None,
-                **engine_fields: Any) -> dict:
+                task_overrides: Mapping[str, Any] | None = None, **engine_fields: Any) -> dict:
     """Train the registered task ``model`` on a dataset folder with its preset — what `cad3d train`
     and the demo run. ``engine_fields`` (EngineConfig fields; None = the preset's) override the
-    preset's engine settings; ``out_dir`` defaults to ``trained_models/<model>``. Returns the report."""
+    preset's engine settings, ``task_overrides`` fields of the task's config (a dataclass);
+    ``out_dir`` defaults to ``trained_models/<model>``. Returns the training report."""
     from cad3d.errors import DatasetError
     from cad3d.training.task import get_task_class
 
@@ -768,7 +769,7 @@ def train_model(model: str, data_dir: str | os.PathLike, *, preset: str = "tiny"
     presets = task_cls.presets()
     if preset not in presets:
         raise TrainingConfigError(f"{model} has no preset {preset!r}; presets: {', '.join(presets)}")
-    task = task_cls(presets[preset])
+    task = task_cls(dataclasses.replace(presets[preset], **dict(task_overrides or {})))
     fields = dict(task_cls.engine_presets().get(preset, {}))
     fields.update({k: v for k, v in engine_fields.items() if v is not None})
     fields["out_dir"] = str(out_dir if out_dir is not None else Path("trained_models") / model)

@@ -1,0 +1,230 @@
+"""Conversion as a user runs it: every degradation level of the hybrid converter, `cad3d convert`
+with good and bad inputs, and continuous learning (learn -> save -> reload)."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cad3d.cli import main
+from cad3d.errors import CheckpointError, ConversionError
+from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory):
+    """Tiny ViT, diffusion and depth models trained for one or two epochs (seconds on a CPU)."""
+    from cad3d.training.engine import train_model
+
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(preset="tiny", progress=False, seed=0, device="cpu")
+    train_model("vit", tiny_dataset, out_dir=root / "vit", epochs=2, **common)
+    train_model("diffusion", tiny_dataset, out_dir=root / "diffusion", epochs=2, **common)
+    onnx = root / "models" / "cad3d_depth_256.onnx"
+    train_model("depth", tiny_dataset, out_dir=root / "depth", epochs=1, task_overrides={"onnx_path": str(onnx)}, **common)
+    assert onnx.is_file()
+    return {
+        "vit": root / "vit" / "final_model.pth",
+        "diffusion": root / "diffusion" / "diffusion_best.pth",
+        "depth": onnx,
+        "empty_models": tmp_path_factory.mktemp("no_models"),
+    }
+
+
+def drawing(tiny_dataset, k=0) -> Path:
+    return sorted((tiny_dataset / "images").glob("*.png"))[k]
+
+
+def check_cloud(points, n):
+    assert points.shape == (n, 3) and points.dtype == np.float32
+    assert np.isfinite(points).all()
+
+
+def test_no_weights_falls_back_to_geometry(tiny_dataset, runs):
+    conv = HybridCAD3DConverter("cpu", enable_learning=False, models_dir=runs["empty_models"], num_points=1024)
+    assert conv.available_methods() == ["geometric"]
+    res = conv.convert(drawing(tiny_dataset))
+    assert res.method == "geometric" and res.trained is False
+    check_cloud(res.points, 1024)
+    assert np.linalg.norm(res.points, axis=1).max() <= 1.0 + 1e-5
+    with pytest.raises(ConversionError, match="not available"):
+        conv.convert(drawing(tiny_dataset), method="vit")
+
+
+def test_depth_only(tiny_dataset, runs):
+    conv = HybridCAD3DConverter("cpu", enable_learning=False, depth_model_path=runs["depth"], num_points=800)
+    assert conv.available_methods() == ["depth", "geometric"]
+    res = conv.convert(drawing(tiny_dataset))
+    assert (res.method, res.trained, res.weights) == ("depth", True, {"depth": str(runs["depth"])})
+    check_cloud(res.points, 800)
+
+
+def test_vit_only(tiny_dataset, runs):
+    conv = HybridCAD3DConverter("cpu", vit_model_path=runs["vit"], enable_learning=False,
+                                models_dir=runs["empty_models"], num_points=700)
+    res = conv.convert_batch([drawing(tiny_dataset, 0), drawing(tiny_dataset, 1)])
+    assert [r.method for r in res] == ["vit", "vit"] and all(r.trained for r in res)
+    for r in res:
+        check_cloud(r.points, 700)
+    assert not np.array_equal(res[0].points, res[1].points)  # the drawing matters
+
+
+def test_all_weights_prefer_diffusion_and_every_path_runs(tiny_dataset, runs):
+    conv = HybridCAD3DConverter("cpu", vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
+                                enable_learning=False, depth_model_path=runs["depth"], num_points=600)
+    assert conv.available_methods() == ["diffusion", "vit", "depth", "geometric"]
+    assert conv.resolve_method("auto") == "diffusion"
+    for method in ("diffusion", "vit", "depth", "geometric"):
+        res = conv.convert(drawing(tiny_dataset), method=method, steps=4)
+        assert res.method == method
+        check_cloud(res.points, 600)
+    # Seeded sampling: same seed, same cloud; another seed, another cloud.
+    a = conv.convert(drawing(tiny_dataset), steps=4, seed=3).points
+    b = conv.convert(drawing(tiny_dataset), steps=4, seed=3).points
+    c = conv.convert(drawing(tiny_dataset), steps=4, seed=4).points
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_missing_and_corrupt_weights(tiny_dataset, runs, tmp_path):
+    with pytest.warns(UserWarning, match="not found"):
+        conv = HybridCAD3DConverter("cpu", vit_model_path=tmp_path / "nope.pth", enable_learning=False,
+                                    models_dir=runs["empty_models"])
+    assert conv.vit is None
+    # Learning without weights: an untrained diffusion model exists, but auto does not use it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = HybridCAD3DConverter("cpu", enable_learning=True, models_dir=runs["empty_models"],
+                                    learning_path=tmp_path / "hybrid" / "continuous_learning.pth")
+    assert conv.resolve_method("auto") == "geometric"
+    res = conv.convert(drawing(tiny_dataset), method="diffusion", steps=2, num_points=64)
+    assert res.trained is False and res.weights == {"diffusion": "initial"}
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        HybridCAD3DConverter("cpu", vit_model_path=bad, enable_learning=False)
+
+
+def test_learn_save_reload(tiny_dataset, runs, tmp_path):
+    from cad3d.data.dataset import load_points
+
+    path = tmp_path / "hybrid" / "continuous_learning.pth"
+    conv = HybridCAD3DConverter("cpu", diffusion_model_path=runs["diffusion"], enable_learning=True,
+                                models_dir=runs["empty_models"], learning_path=path)
+    before = {k: v.clone() for k, v in conv.diffusion.model.unet.state_dict().items()}
+    size_before = len(conv.diffusion.replay_buffer)
+    image = drawing(tiny_dataset, 2)
+    points = load_points(tiny_dataset / "pointclouds" / f"{image.stem}.npy")
+    report = conv.learn(image, points, steps=3, replay=2)
+    assert report["total_steps"] == 3
+    assert len(conv.diffusion.replay_buffer) == min(size_before + 1, conv.diffusion.replay_buffer.capacity)
+    after = conv.diffusion.model.unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it fine-tuned
+    assert conv.save() == path and path.is_file()
+    assert main(["ckpt", "verify", str(path)]) == 0
+
+    # A new converter with learning on picks the learned state up by itself.
+    again = HybridCAD3DConverter("cpu", enable_learning=True, models_dir=runs["empty_models"], learning_path=path)
+    assert again.weights["diffusion"] == str(path) and again.trained["diffusion"]
+    assert len(again.diffusion.replay_buffer) == len(conv.diffusion.replay_buffer)
+    for k, v in again.diffusion.model.unet.state_dict().items():
+        assert torch.equal(v, after[k].cpu())
+    with pytest.raises(ConversionError, match="finite"):
+        conv.learn(image, np.full((10, 3), np.nan))
+
+
+def write_inputs(folder: Path, good: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    folder.mkdir()
+    gray = Image.open(good).convert("L")
+    files = {"good": folder / "good.png"}
+    gray.save(files["good"])
+    rgba = Image.new("RGBA", gray.size, (0, 0, 0, 0))
+    rgba.putalpha(Image.eval(gray, lambda v: 255 - v))  # black lines on transparent paper
+    files["rgba"] = folder / "rgba.png"
+    rgba.save(files["rgba"])
+    files["palette"] = folder / "palette.png"
+    gray.convert("P").save(files["palette"])
+    files["sixteen_bit"] = folder / "sixteen_bit.png"
+    Image.fromarray((np.asarray(gray, dtype=np.uint16) * 257)).save(files["sixteen_bit"])
+    files["not_image"] = folder / "notes.png"
+    files["not_image"].write_text("this is text, not a drawing")
+    files["empty"] = folder / "empty.png"
+    files["empty"].write_bytes(b"")
+    data = files["good"].read_bytes()
+    files["truncated"] = folder / "truncated.png"
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    files["huge"] = folder / "huge.png"
+    Image.new("1", (9000, 9000), 1).save(files["huge"])
+    files["blank"] = folder / "blank.png"
+    Image.new("L", (256, 256), 255).save(files["blank"])
+    files["cmyk"] = folder / "cmyk.jpg"
+    gray.convert("CMYK").save(files["cmyk"])
+    return files
+
+
+def test_cli_converts_the_good_inputs_and_names_each_bad_one(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no trained_models/ or models/ here: the geometric path
+    files = write_inputs(tmp_path / "in", drawing(tiny_dataset))
+    (tmp_path / "empty_folder").mkdir()
+    out = tmp_path / "out"
+    code = main(["convert", str(tmp_path / "in"), str(tmp_path / "empty_folder"), "-o", str(out),
+                 "--num-points", "256", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    ok = {"good", "rgba", "palette", "sixteen_bit"}
+    for name in ok:
+        stem = files[name].stem
+        assert (out / f"{stem}.ply").is_file() and (out / f"{stem}_preview.png").is_file()
+    causes = {"not_image": "not an image", "empty": "empty file", "truncated": "truncated", "huge": "too large",
+              "blank": "blank", "cmyk": "unsupported image mode"}
+    for name, cause in causes.items():
+        line = next(l for l in captured.err.splitlines() if files[name].name in l)
+        assert cause in line.lower() or cause in line, line
+        assert not list(out.glob(f"{files[name].stem}*"))
+    assert "empty_folder" in captured.err and "no images" in captured.err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial files
+    assert f"converted {len(ok)}, failed {len(causes) + 1}" in captured.out
+    # RGBA (transparent paper), palette and 16-bit files are read as the same drawing.
+    from cad3d.conversion import read_drawing
+
+    images = {n: read_drawing(files[n]) for n in ok}
+    assert all(np.abs(images["good"] - images[n]).max() < 1 / 255 + 1e-6 for n in ok)
+
+
+def test_cli_formats_and_unwritable_output(tiny_dataset, tmp_path, capsys, monkeypatch):
+    import trimesh
+
+    monkeypatch.chdir(tmp_path)
+    src = drawing(tiny_dataset)
+    assert main(["convert", str(src), "-o", "npy_out", "--format", "npy", "--num-points", "300", "--no-preview"]) == 0
+    arr = np.load(tmp_path / "npy_out" / f"{src.stem}.npy")
+    assert arr.shape == (300, 3) and arr.dtype == np.float32
+    assert not (tmp_path / "npy_out" / f"{src.stem}_preview.png").exists()
+    assert main(["convert", str(src), "-o", "obj_out", "--format", "obj"]) == 0
+    mesh = trimesh.load(tmp_path / "obj_out" / f"{src.stem}.obj")
+    assert len(mesh.faces) > 100 and mesh.is_watertight
+    (tmp_path / "a_file").write_text("x")
+    capsys.readouterr()
+    assert main(["convert", str(src), "-o", str(tmp_path / "a_file" / "sub")]) == 1
+    assert "cannot create output folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end(tmp_path):
+    from cad3d.pipeline import DemoConfig, run_demo
+
+    cfg = DemoConfig(num_samples=20, workers=2, progress=False,
+                     epochs={"vae": 1, "vit": 1, "diffusion": 1, "depth": 1})
+    result = run_demo(tmp_path, cfg)
+    for key in ("dataset", "dataset preview", "depth ONNX", "converted ply", "converted preview"):
+        assert Path(result.artefacts[key]).exists(), key
+    assert set(result.reports) == {"vae", "vit", "diffusion", "depth"}
+    assert result.conversion["method"] == "diffusion"
+    for name in ("vae/vae_best.pth", "vit/final_model.pth", "diffusion/diffusion_best.pth", "depth/depth_best.pth"):
+        assert (tmp_path / "trained_models" / name).is_file(), name
