@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cad3d.errors import ConversionError
+from cad3d.io import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MAX_PIXELS = 64_000_000  # a 8000x8000 drawing; larger inputs are refused before decoding
@@ -116,16 +117,6 @@ class ConversionResult:
     source: str | None = None  # input path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
     """Serialize a cloud: binary PLY of vertices, .npy, or an OBJ mesh reconstructed from it."""
     import trimesh
@@ -206,7 +197,7 @@ def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = 
     for kind, data in payloads.items():
         path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{fmt}")
         try:
-            _atomic_write(path, data)
+            atomic_write_bytes(path, data, durable=False)
         except OSError as exc:
             for done in written.values():
                 done.unlink(missing_ok=True)

@@ -41,7 +41,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +177,7 @@ def export_depth_onnx(
 
     import onnxruntime as ort
 
-    from cad3d.training.checkpoint import atomic_write_json
+    from cad3d.io import atomic_write_json, temp_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,9 +188,7 @@ def export_depth_onnx(
     inputs = _check_inputs(size)  # (2, 3, S, S)
     with torch.no_grad():
         expected = wrapper(inputs).numpy()  # (2, S, S)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_path(path)  # exported and checked there, published only when it matches
     try:
         _torch_onnx_export(wrapper, inputs[:1], tmp, opset)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ import numpy as np
 
 from cad3d.data.dataset import index_dataset, load_drawing, load_meta, load_points
 from cad3d.geometry.camera import OrthoCamera, iso_camera
+from cad3d.io import atomic_write
 
 
 def render_cloud(points: np.ndarray, camera: OrthoCamera | None = None, size: int = 256, dot: int = 1) -> np.ndarray:
@@ -66,8 +67,5 @@ def contact_sheet(
         draw.rectangle([x, y + label_h, x + 2 * tile - 1, y + label_h + tile - 1], outline=(200, 200, 200))
         draw.text((x + 3, y + 1), f"{rec.stem}  {rec.family or ''}", fill=(0, 0, 0))
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    atomic_write(out_path, lambda f: sheet.save(f, format="PNG"), durable=False)
     return out_path

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cad3d.errors import DatasetError
+from cad3d.io import atomic_write_bytes
 from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_view_cameras
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A killed run must never leave a half-written file under its final name.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def json_dumps(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
 
@@ -186,10 +180,10 @@ def write_sample(
     }
     if source is not None:
         meta["source"] = source
-    _write_atomic(out_dir / "images" / f"{stem}.png", _png_bytes(drawing.image))
-    _write_atomic(out_dir / "pointclouds" / f"{stem}.npy", _npy_bytes(points))
-    _write_atomic(out_dir / "depth" / f"{stem}.npy", _npy_bytes(drawing.depth.astype(np.float32)))
-    _write_atomic(out_dir / "meta" / f"{stem}.json", (json_dumps(meta) + "\n").encode())
+    atomic_write_bytes(out_dir / "images" / f"{stem}.png", _png_bytes(drawing.image), durable=False)
+    atomic_write_bytes(out_dir / "pointclouds" / f"{stem}.npy", _npy_bytes(points), durable=False)
+    atomic_write_bytes(out_dir / "depth" / f"{stem}.npy", _npy_bytes(drawing.depth.astype(np.float32)), durable=False)
+    atomic_write_bytes(out_dir / "meta" / f"{stem}.json", (json_dumps(meta) + "\n").encode(), durable=False)
     return {"stem": stem, "split": split, "family": family}
 
 
@@ -269,7 +263,7 @@ def write_manifest(out_dir: Path, entries: list[dict], *, shard, info: dict, nam
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **info, "shard": list(shard) if shard else None,
                 "counts": counts, "samples": sorted(entries, key=lambda e: e["stem"])}
     path = out_dir / (name or manifest_name(shard))
-    _write_atomic(path, (json_dumps(manifest) + "\n").encode())
+    atomic_write_bytes(path, (json_dumps(manifest) + "\n").encode(), durable=False)
     return path
 
 

@@ -35,7 +35,6 @@ import pickle
 import platform
 import re
 import subprocess
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -45,6 +44,11 @@ import torch
 from torch import nn
 
 from cad3d.errors import CheckpointError
+from cad3d.io import TMP_MARK as _TMP_MARK
+from cad3d.io import HashingWriter as _HashingWriter
+from cad3d.io import atomic_write, atomic_write_bytes, atomic_write_json
+from cad3d.io import fsync_dir as _fsync_dir
+from cad3d.io import temp_path as _temp_path
 from cad3d.training.task import CheckpointSchema
 
 logger = logging.getLogger(__name__)
@@ -55,7 +59,6 @@ RESUME_KEY = "cad3d_resume"
 MANIFEST_NAME = "checkpoints_manifest.json"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 FILE_KINDS = ("epoch", "last", "best", "final")
-_TMP_MARK = ".tmp-"  # temp files: ".<name>.tmp-<pid>-<random>"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -64,74 +67,11 @@ class CheckpointEnvironmentWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------
-# atomic writes
+# atomic writes (cad3d.io; re-exported here for the engine and the trainers)
 # ---------------------------------------------------------------------------------------
-class _HashingWriter:
-    """File-like wrapper that hashes what passes through (so a save needs no second read)."""
-
-    def __init__(self, f):
-        self._f = f
-        self.sha = hashlib.sha256()
-
-    def write(self, b) -> int:
-        self.sha.update(b)
-        return self._f.write(b)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: folders cannot be opened; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _atomic_write(path, writer) -> str:
-    """Write through ``writer(file_like)`` to a temp file, fsync, publish; return the sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            hw = _HashingWriter(f)
-            writer(hw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return hw.sha.hexdigest()
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write ``obj`` as JSON (indent=2) to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
-
-
 def atomic_torch_save(obj, path) -> str:
     """``torch.save(obj)`` to ``path`` atomically; returns the sha256 hex of the bytes written."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def sha256_file(path) -> str:
