@@ -1,7 +1,8 @@
 """The demo pipeline behind `make demo`: every stage, on a small default, in a few CPU minutes.
 
 synthesize -> check -> preview -> train vae, vit, diffusion, depth (tiny presets; depth is
-exported to ONNX) -> convert a held-out drawing with the hybrid converter.
+exported to ONNX) -> convert a held-out drawing with the hybrid converter -> evaluate every
+conversion path and the baselines on the test split.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class DemoResult:
     artefacts: dict[str, Path] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # model -> training report
     conversion: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # the `cad3d.evaluation.evaluate` report
+    evaluation_markdown: str = ""
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
 
 
@@ -47,7 +50,7 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
     data_dir = root / "training_data" / "diffusion_synthetic"
     result = DemoResult()
     workers = cfg.workers or min(os.cpu_count() or 1, 8)
-    stages = ["synthesize", "check", "preview", *(f"train {m}" for m in cfg.epochs), "convert"]
+    stages = ["synthesize", "check", "preview", *(f"train {m}" for m in cfg.epochs), "convert", "evaluate"]
 
     def stage(name: str):
         log.info("%d/%d %s", stages.index(name) + 1, len(stages), name)
@@ -102,5 +105,15 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
     for kind, path in result.conversion["outputs"].items():
         result.artefacts[f"converted {kind}"] = path
     result.seconds["convert"] = time.perf_counter() - t
+
+    t = stage("evaluate")
+    from cad3d.evaluation import evaluate, render_markdown
+
+    eval_dir = root / "outputs" / "eval"
+    result.evaluation = evaluate(data_dir, "test" if held_out.split == "test" else "val", converter=converter,
+                                 out_dir=eval_dir, runs_dir=root / "trained_models", progress=cfg.progress)
+    result.evaluation_markdown = render_markdown(result.evaluation)
+    result.artefacts["evaluation"] = eval_dir
+    result.seconds["evaluate"] = time.perf_counter() - t
     return result
 

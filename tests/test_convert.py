@@ -222,9 +222,12 @@ def test_demo_pipeline_end_to_end(tmp_path):
     cfg = DemoConfig(num_samples=20, workers=2, progress=False,
                      epochs={"vae": 1, "vit": 1, "diffusion": 1, "depth": 1})
     result = run_demo(tmp_path, cfg)
-    for key in ("dataset", "dataset preview", "depth ONNX", "converted ply", "converted preview"):
+    for key in ("dataset", "dataset preview", "depth ONNX", "converted ply", "converted preview", "evaluation"):
         assert Path(result.artefacts[key]).exists(), key
     assert set(result.reports) == {"vae", "vit", "diffusion", "depth"}
     assert result.conversion["method"] == "diffusion"
+    assert (tmp_path / "outputs" / "eval" / "eval.md").is_file()
+    assert {"diffusion", "vit", "depth", "geometric", "retrieval", "mean"} <= set(result.evaluation["methods"])
+    assert "| method |" in result.evaluation_markdown
     for name in ("vae/vae_best.pth", "vit/final_model.pth", "diffusion/diffusion_best.pth", "depth/depth_best.pth"):
         assert (tmp_path / "trained_models" / name).is_file(), name

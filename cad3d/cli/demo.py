@@ -7,7 +7,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on a small default",
                        description="Synthesize a small dataset, check and preview it, train every model briefly "
                                    "(tiny presets, CPU), export the depth network to ONNX and convert a held-out "
-                                   "drawing. A few minutes on a laptop CPU.")
+                                   "drawing and evaluate every path against baselines. A few minutes on a laptop CPU.")
     p.add_argument("--out", default=".", help="root for training_data/ trained_models/ models/ outputs/ (default: .)")
     p.add_argument("--num-samples", type=int, default=96, help="synthetic samples (default 96)")
     p.add_argument("--workers", type=int, default=None, help="data processes (default: CPU count, at most 8)")
@@ -21,6 +21,8 @@ def _demo(args) -> int:
 
     result = run_demo(args.out, DemoConfig(num_samples=args.num_samples, seed=args.seed, workers=args.workers,
                                            progress=not args.no_progress))
+    overall = result.evaluation_markdown.split("\n## ")[0]  # per-family tables are in the eval folder
+    print("\n" + overall.strip())
     print("\ndemo finished in {:.0f} s:".format(sum(result.seconds.values())))
     for name, path in result.artefacts.items():
         print(f"  {name:<24} {path}")
