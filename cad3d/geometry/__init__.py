@@ -32,23 +32,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'cad3d.geometry' has no attribute {name!r}")
 
 
-__all__ = [
-    "OrthoCamera",
-    "iso_camera",
-    "random_camera",
-    "three_view_cameras",
-    "NearestNeighbors",
-    "ball_query",
-    "chamfer_distance",
-    "denormalize",
-    "depth_to_points",
-    "f_score",
-    "farthest_point_sample",
-    "group_points",
-    "knn",
-    "nearest_neighbors",
-    "normalize",
-    "sample_surface",
-    "soft_voxelize",
-    "voxelize",
-]
+__all__ = ["OrthoCamera", "iso_camera", "random_camera", "three_view_cameras", "sample_surface", *_OPS]
