@@ -67,22 +67,46 @@ def read_drawing(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
     return image
 
 
-def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator, camera=None) -> np.ndarray:
-    """A rough cloud from the drawing alone, when no model is available: (num_points, 3) float32.
+def is_three_view_sheet(image: np.ndarray) -> bool:
+    """True for a three-view sheet (`cad3d.geometry.camera.three_view_cameras` layout): lines in
+    all four quadrants and none on the cross between them. A single view is centred on the part,
+    so its lines always cross the middle of the image."""
+    h, w = image.shape
+    ink = image < 0.5
+    band = max(1, min(h, w) // 64)
+    if ink[h // 2 - band : h // 2 + band].any() or ink[:, w // 2 - band : w // 2 + band].any():
+        return False
+    quadrants = (ink[: h // 2, : w // 2], ink[h // 2 :, : w // 2], ink[: h // 2, w // 2 :], ink[h // 2 :, w // 2 :])
+    return all(q.sum() >= 10 for q in quadrants)
 
-    The silhouette is inflated like a balloon: a pixel at distance d from the outline lies
-    ``h = H * sqrt(d / d_max)`` in front of and behind the mid-plane of the view, with H half the
-    silhouette's radius. It gets the outline and the extent right and the depth only roughly;
-    the result is normalized into the unit sphere like every ground-truth cloud.
+
+def drawing_cameras(image: np.ndarray) -> list:
+    """The cameras a drawing was most likely made with: the three-view sheet's four, else iso."""
+    from cad3d.geometry.camera import iso_camera, three_view_cameras
+
+    size = image.shape
+    return three_view_cameras(size) if is_three_view_sheet(image) else [iso_camera(size)]
+
+
+def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator) -> np.ndarray:
+    """A rough cloud from the drawing alone, when no model is available: (num_points, 3) float32,
+    normalized into the unit sphere like every ground-truth cloud.
+
+    A three-view sheet is carved into a visual hull (`visual_hull`): exact for the outline seen
+    from every panel. A single view is inflated like a balloon: a pixel at distance d from the
+    outline lies ``h = H * sqrt(d / d_max)`` in front of and behind the mid-plane of the view,
+    with H half the silhouette's radius; the outline and extent are right, the depth only roughly.
     """
     from scipy import ndimage
 
     from cad3d.depth_onnx import silhouette_mask
-    from cad3d.geometry.camera import EYE_DISTANCE, iso_camera
+    from cad3d.geometry.camera import EYE_DISTANCE
 
-    h_img, w_img = image.shape
-    cam = camera or iso_camera((h_img, w_img))
+    cameras = drawing_cameras(image)
     sil = silhouette_mask(image)
+    if len(cameras) > 1:
+        return visual_hull(sil, cameras, num_points, generator)
+    cam = cameras[0]
     rows, cols = np.nonzero(sil)
     if len(rows) == 0:
         raise ConversionError("blank drawing: no outline to lift")
@@ -97,12 +121,42 @@ def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.
     return normalize_cloud(points)
 
 
+def visual_hull(silhouette: np.ndarray, cameras: list, num_points: int, generator: np.random.Generator,
+                resolution: int = 64) -> np.ndarray:
+    """Points on the surface of the voxels of [-1, 1]^3 whose projection falls inside the
+    silhouette in every camera's viewport: (num_points, 3) float32, normalized.
+
+    silhouette: (H, W) bool of the whole sheet; cameras: the sheet's cameras (one per panel).
+    """
+    from scipy import ndimage
+
+    pitch = 2.0 / resolution
+    axis = -1.0 + pitch * (np.arange(resolution) + 0.5)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)  # (R^3, 3)
+    inside = np.ones(len(grid), dtype=bool)
+    for cam in cameras:
+        uv, _ = cam.project(grid)  # (R^3, 2)
+        cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        r0, c0, vh, vw = cam.viewport
+        seen = (rows >= r0) & (rows < r0 + vh) & (cols >= c0) & (cols < c0 + vw)
+        hit = np.zeros(len(grid), dtype=bool)
+        hit[seen] = silhouette[rows[seen], cols[seen]]
+        inside &= hit
+    occ = inside.reshape((resolution,) * 3)
+    surface = occ & ~ndimage.binary_erosion(occ)  # voxels with an empty neighbour
+    idx = np.argwhere(surface)  # (S, 3)
+    if len(idx) == 0:
+        raise ConversionError("the views of the sheet do not agree on any solid (empty visual hull)")
+    pick = idx[generator.integers(0, len(idx), size=num_points)]
+    points = -1.0 + pitch * (pick + generator.random((num_points, 3)))  # (P, 3) jittered in the voxel
+    return normalize_cloud(points)
+
+
 def normalize_cloud(points: np.ndarray) -> np.ndarray:
-    """Centre at the bounding-box centre and scale into the unit sphere (float32)."""
-    p = np.asarray(points, dtype=np.float64)
-    center = (p.min(axis=0) + p.max(axis=0)) / 2.0
-    scale = max(float(np.linalg.norm(p - center, axis=1).max()), 1e-12)
-    return ((p - center) / scale).astype(np.float32)
+    """(N, 3) -> float32 centred at the bounding-box centre and scaled into the unit sphere."""
+    from cad3d.geometry.ops import normalize
+
+    return normalize(np.asarray(points, dtype=np.float64))[0].astype(np.float32)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +28,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cad3d.conversion import ConversionResult, collect_inputs, geometric_fallback, read_drawing, write_result
+from cad3d.conversion import (
+    ConversionResult,
+    collect_inputs,
+    geometric_fallback,
+    normalize_cloud,
+    read_drawing,
+    write_result,
+)
 from cad3d.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -66,7 +74,8 @@ class HybridCAD3DConverter:
             (with ``enable_learning`` an untrained model is built so `learn` can teach it).
         enable_learning: keep a diffusion model and its replay buffer for `learn`/`save`.
         depth_model_path: an ONNX depth model; None = the first known file in ``models_dir``.
-        num_points: default points per cloud.
+        num_points: default points per cloud; None = each path's own (the diffusion model's and
+            the ViT's trained point counts, 4096 for depth lifting and the geometric fallback).
         learning_path: where `save` writes (default trained_models/hybrid/continuous_learning.pth).
     """
 
@@ -79,12 +88,12 @@ class HybridCAD3DConverter:
         *,
         depth_model_path: str | os.PathLike | None = None,
         models_dir: str | os.PathLike = "models",
-        num_points: int = 4096,
+        num_points: int | None = None,
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
     ):
         self.device = _resolve_device(device)
-        self.num_points = int(num_points)
+        self.num_points = None if num_points is None else int(num_points)
         self.enable_learning = bool(enable_learning)
         self.learning_path = Path(learning_path)
         self.seed = int(seed)
@@ -155,25 +164,39 @@ class HybridCAD3DConverter:
 
     def convert_batch(self, drawings: Sequence, method: str = "auto", *, num_points: int | None = None,
                       steps: int = 50, guidance: float | None = None, seed: int | None = None) -> list[ConversionResult]:
-        """Several drawings in one model call (batched on the GPU). Inputs as in `convert`."""
+        """Several drawings in one model call (batched on the GPU). Inputs as in `convert`.
+
+        A drawing's randomness comes from ``seed`` and its own pixels alone, so the same drawing
+        and seed give the same cloud whatever else shares the batch."""
         chosen = self.resolve_method(method)
-        n_pts = int(num_points or self.num_points)
         seed = self.seed if seed is None else int(seed)
+        n_pts = num_points or self.num_points or self.native_points(chosen)
         sources = [str(d) if isinstance(d, (str, os.PathLike)) else None for d in drawings]
         images = [read_drawing(d) if isinstance(d, (str, os.PathLike)) else self._as_drawing(d) for d in drawings]
+        rngs = [np.random.default_rng([seed, zlib.crc32(np.round(img * 255).astype(np.uint8).tobytes())])
+                for img in images]
         t0 = time.perf_counter()
         if chosen == "diffusion":
-            clouds = self._run_diffusion(images, n_pts, steps, guidance, seed)
+            clouds = self._run_diffusion(images, n_pts, steps, guidance, rngs)
         elif chosen == "vit":
-            clouds = self._run_vit(images, n_pts, seed)
+            clouds = self._run_vit(images)
         elif chosen == "depth":
-            clouds = self._run_depth(images, n_pts, seed)
+            clouds = [self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)]
         else:
-            clouds = [geometric_fallback(img, n_pts, np.random.default_rng([seed, i])) for i, img in enumerate(images)]
+            clouds = [geometric_fallback(img, n_pts, rng) for img, rng in zip(images, rngs)]
+        clouds = [c if len(c) == n_pts else resample(c, n_pts, rng) for c, rng in zip(clouds, rngs)]
         per = (time.perf_counter() - t0) / max(len(images), 1)
         weights = {chosen: self.weights.get(chosen, "none")}
         return [ConversionResult(points=c, method=chosen, trained=self.trained[chosen], weights=weights, seconds=per,
                                  source=s) for c, s in zip(clouds, sources)]
+
+    def native_points(self, method: str) -> int:
+        """The point count a path makes without resampling."""
+        if method == "diffusion":
+            return int(self.diffusion.model.config.num_points)
+        if method == "vit":
+            return int(self.vit.model.config.num_points)
+        return 4096
 
     @staticmethod
     def _as_drawing(d) -> np.ndarray:
@@ -197,36 +220,32 @@ class HybridCAD3DConverter:
             out.append(torch.from_numpy(np.ascontiguousarray(img)).expand(3, -1, -1))
         return torch.stack(out).to(self.device)  # (B, 3, size, size)
 
-    def _run_diffusion(self, images, n_pts, steps, guidance, seed) -> list[np.ndarray]:
+    def _run_diffusion(self, images, n_pts, steps, guidance, rngs) -> list[np.ndarray]:
         # The U-Net's neighbourhoods are sized for the cloud density it was trained on, so sample
-        # at the model's own point count; more points come from more samples of the same drawing
-        # (independent noise), fewer from a random subset.
+        # at the model's own point count; more points come from more samples of the same drawing.
+        # Each drawing's starting noise comes from its own generator, and DDIM is deterministic
+        # given it, so a cloud does not depend on its batch.
         model = self.diffusion.model
         native = model.config.num_points
         x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
-        rounds = -(-n_pts // native)
-        parts = [self.diffusion.sample(x, steps=steps, guidance=guidance, seed=seed + r).float().cpu().numpy()
-                 for r in range(rounds)]  # rounds x (B, native, 3)
-        clouds = np.concatenate(parts, axis=1)  # (B, rounds * native, 3)
-        return [resample(c, n_pts, np.random.default_rng([seed, i])) if len(c) != n_pts else c
-                for i, c in enumerate(clouds)]
+        parts = []
+        for _ in range(-(-n_pts // native)):
+            gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
+            x_T = torch.stack([torch.randn(native, 3, generator=g) for g in gens]).to(self.device)  # (B, native, 3)
+            parts.append(self.diffusion.sample(x, steps=steps, guidance=guidance, x_T=x_T).float().cpu().numpy())
+        return list(np.concatenate(parts, axis=1))  # B x (rounds * native, 3)
 
-    def _run_vit(self, images, n_pts, seed) -> list[np.ndarray]:
+    def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.model.config.image_size)
         with torch.no_grad():
-            clouds = self.vit.predict(x).float().cpu().numpy()  # (B, N, 3)
-        return [resample(c, n_pts, np.random.default_rng([seed, i])) if len(c) != n_pts else c
-                for i, c in enumerate(clouds)]
+            return list(self.vit.predict(x).float().cpu().numpy())  # B x (N, 3)
 
-    def _run_depth(self, images, n_pts, seed) -> list[np.ndarray]:
-        from cad3d.conversion import normalize_cloud
+    def _lift_depth(self, image, n_pts, rng) -> np.ndarray:
+        from cad3d.conversion import drawing_cameras
         from cad3d.depth_onnx import lift_drawing
 
-        out = []
-        for i, img in enumerate(images):
-            cloud = lift_drawing(img, self.depth.predict(img))  # (P, 3), one point per foreground pixel
-            out.append(normalize_cloud(resample(cloud, n_pts, np.random.default_rng([seed, i]))))
-        return out
+        cloud = lift_drawing(image, self.depth.predict(image), camera=drawing_cameras(image))  # one point per pixel
+        return normalize_cloud(resample(cloud, n_pts, rng))
 
     # -- continuous learning -------------------------------------------------------------
     def learn(self, image, points, *, steps: int = 10, replay: int = 3, lr: float = 1e-4) -> dict:
@@ -313,7 +332,7 @@ def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.Pat
         chunk = readable[start:start + batch_size]
         try:
             results = converter.convert_batch([img for _, img in chunk], chosen, num_points=num_points, steps=steps,
-                                              guidance=guidance, seed=seed + start)
+                                              guidance=guidance, seed=seed)
         except ConversionError as exc:
             report.failed.extend((str(p), f"{p}: {exc}") for p, _ in chunk)
             bar.update(len(chunk))

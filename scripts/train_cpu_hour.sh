@@ -16,9 +16,9 @@ stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s"; }
 stamp "data"
 train() { "$PY" -m cad3d train "$1" --data "$DATA" --out "trained_models/$1" --preset tiny --device cpu \
             --resume auto --no-progress "${@:2}"; stamp "train $1"; }
-train vae --epochs 40
+train vae --epochs 15
 train vit --epochs 60
 train depth --epochs 25
-train diffusion --epochs 100
+train diffusion --epochs 80
 "$PY" -m cad3d eval --data "$DATA" --split test -o outputs/eval --device cpu --steps 20 --no-progress
 stamp "eval"

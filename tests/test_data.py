@@ -231,3 +231,32 @@ def test_mesh_normalization_follows_the_geometry_convention():
     np.testing.assert_allclose(norm_mesh.vertices, expected, atol=1e-9)
     np.testing.assert_allclose(info["center"], center, atol=1e-9)
     assert info["scale"] == pytest.approx(float(scale))
+
+
+def test_splits_have_exact_counts_and_small_sets_keep_held_out_samples():
+    from collections import Counter
+
+    from cad3d.data.synth import split_counts, split_for
+
+    assert split_counts(1000) == (800, 100, 100)
+    for n in (3, 5, 20, 24):
+        counts = Counter(split_for(0, i, n) for i in range(n))
+        assert counts["val"] >= 1 and counts["test"] >= 1 and sum(counts.values()) == n
+        assert tuple(counts[s] for s in ("train", "val", "test")) == split_counts(n)
+    assert [split_for(3, i, 50) for i in range(50)] == [split_for(3, i, 50) for i in range(50)]
+    assert [split_for(3, i, 50) for i in range(50)] != [split_for(4, i, 50) for i in range(50)]
+
+
+def test_non_square_drawings_are_padded_not_stretched(tmp_path):
+    from PIL import Image
+
+    from cad3d.data.dataset import load_drawing
+
+    im = Image.new("L", (200, 100), 255)
+    im.paste(0, (90, 40, 110, 60))  # a 20x20 black square in the middle
+    im.save(tmp_path / "wide.png")
+    arr = load_drawing(tmp_path / "wide.png", 100)
+    assert arr.shape == (100, 100)
+    rows, cols = np.nonzero(arr < 0.5)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1  # still a square
+    assert arr[:20].min() == 1.0 and arr[-20:].min() == 1.0  # paper above and below

@@ -21,7 +21,8 @@ IMAGE_EXTENSIONS = (".png",)
 
 
 def load_drawing(path: Path, image_size: int | None = None) -> np.ndarray:
-    """A drawing as (H, W) float32 in [0, 1] (1 = white paper), resized to ``image_size``."""
+    """A drawing as (H, W) float32 in [0, 1] (1 = white paper), padded with paper to a square
+    (centred) when it is not one, then resized to ``image_size``."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -41,6 +42,12 @@ def load_drawing(path: Path, image_size: int | None = None) -> np.ndarray:
                 im = Image.alpha_composite(bg, rgba).convert("L")
             else:
                 im = im.convert("L")
+            if im.size[0] != im.size[1]:
+                # Pad with paper to a square, centred, so the drawing keeps its proportions.
+                side = max(im.size)
+                square = Image.new("L", (side, side), 255)
+                square.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
+                im = square
             if image_size is not None and im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0

@@ -91,8 +91,8 @@ def _init(job: _ImportJob) -> None:
     _JOB = job
 
 
-def _import_one(item: tuple[int, str, str]):
-    index, path_str, stem = item
+def _import_one(item: tuple[int, int, str, str]):
+    index, total, path_str, stem = item
     path = Path(path_str)
     assert _JOB is not None
     try:
@@ -103,7 +103,7 @@ def _import_one(item: tuple[int, str, str]):
         entry = write_sample(
             Path(_JOB.out_dir), stem, mesh, family="imported",
             params={"file": path.name, "notes": notes}, rng=rng, settings=_JOB.settings,
-            split=split_for(_JOB.seed, index, _JOB.settings.split_fractions), source={"file": str(path)},
+            split=split_for(_JOB.seed, index, total, _JOB.settings.split_fractions), source={"file": str(path)},
         )
         return entry, notes, None
     except DatasetError as exc:
@@ -138,12 +138,12 @@ def import_meshes(
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden)
     prepare_output(out_dir)
     used: set[str] = set()
-    items = [(i, str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
+    items = [(i, len(files), str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
     results = run_parallel(_init, _import_one, items, _ImportJob(str(out_dir), seed, settings),
                            min(workers, len(items)), "import", progress)
     report = ImportReport()
     entries = []
-    for (_, path, _), (entry, notes, error) in zip(items, results):
+    for (_, _, path, _), (entry, notes, error) in zip(items, results):
         if error:
             report.skipped.append((path, error))
             log.warning("skipped %s", error)

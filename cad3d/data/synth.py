@@ -14,6 +14,7 @@ files whatever the worker count or sharding.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -83,11 +84,30 @@ def stem_for(prefix: str, index: int, num_samples: int) -> str:
     return f"{prefix}_{index:0{max(4, len(str(num_samples - 1)))}d}"
 
 
-def split_for(seed: int, key: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
-    """Deterministic split of one sample, independent of every other sample."""
-    u = np.random.default_rng([seed, key, 0x5B1]).random()
-    edges = np.cumsum(fractions)
-    return SPLITS[int(np.searchsorted(edges, u, side="right").clip(max=2))]
+def split_counts(num_samples: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> tuple[int, int, int]:
+    """(train, val, test) sizes: the fractions rounded, with at least one val and one test
+    sample once there are 3 samples, so small datasets still have held-out drawings."""
+    n_val = round(num_samples * fractions[1])
+    n_test = round(num_samples * fractions[2])
+    if num_samples >= 3:
+        n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
+    n_val = min(n_val, num_samples)
+    n_test = min(n_test, num_samples - n_val)
+    return num_samples - n_val - n_test, n_val, n_test
+
+
+@functools.lru_cache(maxsize=8)
+def _split_ranks(seed: int, num_samples: int) -> np.ndarray:
+    return np.argsort(np.random.default_rng([seed, num_samples, 0x5B1]).permutation(num_samples))
+
+
+def split_for(seed: int, index: int, num_samples: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
+    """The split of sample ``index`` of ``num_samples``: a seeded permutation of all samples cut
+    at exact counts (`split_counts`). Depends only on (seed, index, num_samples), so every shard
+    and worker agrees."""
+    n_train, n_val, _ = split_counts(num_samples, fractions)
+    rank = int(_split_ranks(seed, num_samples)[index])
+    return "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
 
 
 def cameras_for(view: str, rng: np.random.Generator, image_size: int) -> list[OrthoCamera]:
@@ -205,7 +225,7 @@ def _synth_one(job: _SynthJob, index: int) -> dict:
     family = families[int(rng.integers(len(families)))]
     mesh, params = make_part(family, rng)
     stem = stem_for(job.prefix, index, job.num_samples)
-    split = split_for(job.seed, index, job.settings.split_fractions)
+    split = split_for(job.seed, index, job.num_samples, job.settings.split_fractions)
     return write_sample(
         Path(job.out_dir), stem, mesh, family=family, params=params, rng=rng, settings=job.settings, split=split
     )
