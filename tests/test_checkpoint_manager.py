@@ -406,3 +406,43 @@ def test_sigkill_at_random_moments_leaves_a_valid_checkpoint(tmp_path):
         assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
         assert not [e for e in read_manifest(tmp_path)["files"].values() if e.get("pending")]
     assert trials >= 30 and resume_step > 0
+
+
+# -- existing files and clear() (a fresh run with overwrite) ----------------------------------
+def test_existing_files_and_clear_remove_only_this_schemas_files(tmp_path):
+    other_schema = dataclasses.replace(SCHEMA, model="other", epoch_file="other_epoch_{epoch}.pth",
+                                       last_file="other_last.pth", best_file=None)
+    run_epochs(tmp_path, [0.5, 0.4], schema=other_schema)
+    schema = dataclasses.replace(SCHEMA, epoch_log_file="toy_epoch_log.json", report_file="toy_report.json")
+    mgr = run_epochs(tmp_path, [0.3, 0.1, 0.2], schema=schema)
+    (tmp_path / "toy_epoch_log.json").write_text("[]")
+    (tmp_path / "toy_report.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    unlisted = tmp_path / "toy_epoch_9.pth"  # a file of the schema the manifest does not list
+    unlisted.write_bytes((tmp_path / "toy_epoch_1.pth").read_bytes())
+    found = {p.name for p in mgr.existing_files()}
+    assert found == {"toy_last.pth", "toy_best.pth", "toy_epoch_1.pth", "toy_epoch_2.pth", "toy_epoch_3.pth", "toy_epoch_9.pth"}
+    assert mgr.existing_files()[-1].name in found  # newest (by mtime) last
+    assert mgr.best_metric == 0.1
+
+    removed = {p.name for p in mgr.clear()}
+    assert removed == found | {"toy_epoch_log.json", "toy_report.json"}
+    assert names(tmp_path) == {"other_last.pth", "other_epoch_1.pth", "other_epoch_2.pth", "notes.txt", MANIFEST_NAME}
+    manifest = read_manifest(tmp_path)
+    assert set(manifest["files"]) == {"other_last.pth", "other_epoch_1.pth", "other_epoch_2.pth"}
+    assert "best" not in manifest and mgr.best_metric is None and mgr.existing_files() == []
+    # the next run writes its own best, even though it is worse than the deleted one
+    again = CheckpointManager(tmp_path, schema)
+    assert again.best_metric is None
+    m = {"val_loss": 0.9}
+    written = again.save_epoch(payload(make_model(), 1, 10, m), epoch=1, global_step=10, metrics=m)
+    assert "toy_best.pth" in {p.name for p in written}
+
+
+def test_clear_on_a_reader_rank_or_a_missing_folder_deletes_nothing(tmp_path):
+    run_epochs(tmp_path, [0.5])
+    reader = CheckpointManager(tmp_path, SCHEMA, is_writer=False)
+    assert reader.clear() == [] and "toy_epoch_1.pth" in names(tmp_path)
+    missing = CheckpointManager(tmp_path / "nope", SCHEMA)
+    assert missing.existing_files() == [] and missing.clear() == []
+    assert not (tmp_path / "nope").exists()

@@ -8,21 +8,22 @@ log (minus wall time) and the RNG streams that continue after the end.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 
 import pytest
 import torch
 
-from cad3d.training.engine import Engine, EngineConfig, TrainingInterrupted
+from cad3d.training.engine import Engine, EngineConfig, TrainingConfigError, TrainingInterrupted
 from toy_task import ToyConfig, ToyDataset, ToyTask
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 5  # 36 samples, batch 8: the last batch of each epoch is partial
 
 
-def train(out_dir, *, workers=0, max_steps=None, resume=None, config=None):
+def train(out_dir, *, workers=0, max_steps=None, resume=None, config=None, epochs=EPOCHS):
     cfg = EngineConfig(
-        epochs=EPOCHS, batch_size=8, lr=1e-2, out_dir=str(out_dir), num_workers=workers,
+        epochs=epochs, batch_size=8, lr=1e-2, out_dir=str(out_dir), num_workers=workers,
         max_steps=max_steps, resume=resume, progress=False, warmup_steps=2,
     )
     engine = Engine(ToyTask(config), ToyDataset(36, seed=3), ToyDataset(8, split=1, augment=False), cfg)
@@ -111,3 +112,34 @@ def test_resume_auto_without_checkpoints_starts_fresh(tmp_path, straight):
     engine, report = train(tmp_path, resume="auto")
     assert report["completed"]
     assert_identical(state_of(engine, tmp_path), straight)
+
+
+def test_auto_resume_is_unaffected_by_the_fresh_run_check(tmp_path, straight):
+    train(tmp_path, max_steps=7)
+    with pytest.raises(TrainingConfigError, match="--resume auto"):
+        train(tmp_path)  # a fresh run would mix with the interrupted one
+    engine, report = train(tmp_path, resume="auto")
+    assert report["completed"]
+    assert_identical(state_of(engine, tmp_path), straight)
+
+
+def test_resume_with_other_epochs_warns(tmp_path, caplog):
+    train(tmp_path, max_steps=STEPS_PER_EPOCH)  # epoch 1 of a 3-epoch run
+    with caplog.at_level(logging.WARNING, logger="cad3d.training.engine"):
+        _, report = train(tmp_path, resume="auto", epochs=4)
+    assert report["completed"] and report["total_epochs"] == 4
+    text = caplog.text
+    assert "run of 3 epochs" in text and "epochs=4" in text and "LR schedule is rebuilt" in text
+    assert "nothing to train" not in text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cad3d.training.engine"):
+        _, report = train(tmp_path, resume="auto", epochs=2)  # 4 epochs done already
+    assert report["total_epochs"] == 4 and report["total_steps"] == 4 * STEPS_PER_EPOCH
+    assert "run of 4 epochs" in caplog.text and "epochs=2" in caplog.text
+    assert "4 complete epoch(s)" in caplog.text and "nothing to train" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cad3d.training.engine"):
+        train(tmp_path, resume="auto", epochs=4)  # the same total: no warning
+    assert "LR schedule" not in caplog.text

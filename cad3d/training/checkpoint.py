@@ -736,6 +736,56 @@ class CheckpointManager:
         out = [self.directory / n for n in names if n and (self.directory / n).is_file()]
         return out + [p for _, p in self.epoch_files()]
 
+    def _schema_names(self) -> set[str]:
+        return {n for n in (self.schema.last_file, self.schema.best_file, self.schema.final_file) if n}
+
+    def _is_schema_file(self, name: str) -> bool:
+        return name in self._schema_names() or self._epoch_re.match(name) is not None
+
+    def existing_files(self) -> list[Path]:
+        """Checkpoint files of this schema in the folder (its epoch/last/best/final names, listed
+        in the manifest or not), newest (by modification time) last. Manifest entries whose file
+        is gone do not count (see the module doc)."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if self._is_schema_file(p.name) and p.is_file()]
+
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(found, key=lambda p: (mtime(p), p.name))
+
+    def clear(self) -> list[Path]:
+        """Delete every checkpoint file of this schema, its epoch log and report, and reset the
+        manifest's best (a fresh run with ``overwrite``: nothing is kept, so save-before-delete
+        does not apply). Files of other schemas and their manifest entries stay. Returns the
+        paths deleted (none on a non-writer rank)."""
+        if not self.is_writer:
+            return []
+        removed = []
+        for path in self.existing_files():
+            logger.info("removing %s (overwrite)", path)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        for name in (self.schema.epoch_log_file, self.schema.report_file):
+            path = self.directory / name if name else None
+            if path is not None and path.is_file():
+                logger.info("removing %s (overwrite)", path)
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        files = self._manifest["files"]
+        stale = [name for name in files if self._is_schema_file(name)]
+        changed = bool(stale) or "best" in self._manifest
+        for name in stale:
+            files.pop(name)
+        self._manifest.pop("best", None)
+        if changed and self.directory.is_dir():
+            self._write_manifest()
+        return removed
+
     def find_resume(self) -> Path | None:
         """The newest complete, valid checkpoint by ``(global_step, epoch)`` from its metadata
         (not mtime), or None. Invalid files are skipped with a warning naming them."""

@@ -94,9 +94,11 @@ class EngineConfig:
     """How to train (the model's own settings live in the task's config).
 
     ``batch_size`` is per process: under torchrun the global batch is ``batch_size * world_size``.
-    ``grad_clip`` None or 0 disables clipping. ``resume``: None (fresh; existing checkpoints in
-    ``out_dir`` are overwritten as training proceeds), "auto" (newest valid checkpoint in
-    ``out_dir``, else fresh) or a checkpoint path. ``keep_last`` None keeps every epoch file.
+    ``grad_clip`` None or 0 disables clipping. ``resume``: None (fresh: ``out_dir`` must not hold
+    checkpoints of this model yet, unless ``overwrite``), "auto" (newest valid checkpoint in
+    ``out_dir``, else fresh) or a checkpoint path. ``overwrite`` (fresh runs only): first delete
+    ``out_dir``'s checkpoints, epoch log and report of this model. ``keep_last`` None keeps every
+    epoch file.
     ``max_steps`` stops after that many optimizer steps in total (see the module doc).
     """
 
@@ -112,6 +114,7 @@ class EngineConfig:
     num_workers: int = 0
     keep_last: Optional[int] = None
     resume: Optional[str] = None
+    overwrite: bool = False
     out_dir: str = "trained_models"
     log_every: int = 10  # steps between loss updates of the bar / TensorBoard
     tensorboard: bool = False  # scalars under out_dir/tensorboard
@@ -140,6 +143,7 @@ class EngineConfig:
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(not (self.overwrite and self.resume), f"overwrite (start fresh) contradicts resume={self.resume!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -331,6 +335,8 @@ class Engine:
         self.scaler = make_grad_scaler(self.device, cfg.precision)
         self.generator = torch.Generator(device=self.device)
         self.manager = CheckpointManager(self.out_dir, task.schema, keep_last=cfg.keep_last, is_writer=info.is_main)
+        if not cfg.resume:
+            self._prepare_fresh_out_dir()  # before anything is written to out_dir
         self.loader = self._loader(self.train_dataset, self.sampler, cfg.drop_last)
         self.val_loader = None
         if self.val_dataset is not None and len(self.val_dataset) > 0:
@@ -381,7 +387,26 @@ class Engine:
             wrapped[name] = w
         return wrapped
 
-    # -- resume ---------------------------------------------------------------------------
+    # -- fresh start and resume -------------------------------------------------------------
+    def _prepare_fresh_out_dir(self) -> None:
+        """A fresh run must not mix with an earlier one in ``out_dir``: checkpoints of this model
+        there are an error, or deleted first with ``overwrite`` (with the epoch log, the report and
+        the manifest's best). Rank 0 deletes; every rank waits for it."""
+        cfg, info, task = self.config, self.dist, self.task
+        existing = self.manager.existing_files()
+        if D.any_rank(bool(existing) and not cfg.overwrite, info, self.device):
+            newest = f"; newest: {existing[-1].name}" if existing else ""
+            raise TrainingConfigError(
+                f"{self.out_dir} already holds {len(existing) or 'some'} checkpoint file(s) of {task.name}{newest}. "
+                "Continue that run with --resume auto (resume='auto'), choose another --out, or pass --overwrite "
+                "(overwrite=True) to delete them and start fresh"
+            )
+        if info.is_main:
+            removed = self.manager.clear()
+            if existing:
+                logger.warning("overwrite: deleted %d earlier file(s) of %s in %s", len(removed), task.name, self.out_dir)
+        D.barrier(info)
+
     def _resume_path(self) -> Optional[Path]:
         resume = self.config.resume
         if not resume:
@@ -425,6 +450,7 @@ class Engine:
         progress.epoch_elapsed = state["epoch_elapsed"]
         progress.epoch_log = list(state["epoch_log"])
         progress.loss_history = list(state["loss_history"])
+        self._warn_if_epochs_changed(path, payload, progress)
         data = state["data"]
         if (data["batch_size"], data["world_size"], data["seed"]) != (cfg.batch_size, self.dist.world_size, cfg.seed):
             logger.warning(
@@ -443,6 +469,25 @@ class Engine:
             seed_everything(cfg.seed + progress.global_step + self.dist.rank)
             self.generator.manual_seed(cfg.seed + progress.global_step + self.dist.rank)
         logger.info("resumed from %s: epoch %d, batch %d, step %d", path, progress.epoch, progress.batch_in_epoch, progress.global_step)
+
+    def _warn_if_epochs_changed(self, path: Path, payload: Mapping[str, Any], progress: _Progress) -> None:
+        """Resuming with another ``epochs`` than the checkpoint's run: say what that does."""
+        if not self.dist.is_main:
+            return
+        meta = payload.get(META_KEY) or {}
+        engine = (meta.get("config") or {}).get("engine") or {}
+        before, now = engine.get("epochs"), self.config.epochs
+        if not isinstance(before, int) or before == now:
+            return
+        done = progress.epoch - 1  # complete epochs
+        logger.warning(
+            "%s was saved by a run of %d epochs; resuming with epochs=%d: the LR schedule is rebuilt for the new "
+            "total of %d epochs (%d steps)", path, before, now, now, self.total_steps,
+        )
+        if progress.epoch > now:  # the loop will not run
+            partial = f" and part of epoch {progress.epoch}" if progress.batch_in_epoch > 0 else ""
+            logger.warning("%s already has %d complete epoch(s)%s; epochs=%d asks for no more: nothing to train",
+                           path, done, partial, now)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _payload(self, progress: _Progress, sums: _EpochSums, *, epoch: int, complete: bool, metrics: Mapping[str, float]) -> dict:
