@@ -141,8 +141,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "unknown model 'no_such_model'; known:" in capsys.readouterr().err
     assert main(["train", "toy", "--data", str(tmp_path / "missing")]) == 1
     assert "data folder not found" in capsys.readouterr().err
-    assert main(["train", "toy", "--data", str(tmp_path), "--epochs", "0"]) == 1
-    assert "epochs must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a bad flag value is a usage error (SPEC §8)
+        main(["train", "toy", "--data", str(tmp_path), "--epochs", "0"])
+    assert info.value.code == 2
+    assert "argument --epochs: must be a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -166,3 +168,60 @@ def test_sigterm_in_a_cli_subprocess_saves_last_and_resume_continues(tmp_path, c
         assert torch.equal(a["model_state"][k], b["model_state"][k])
     strip = lambda p: [{k: v for k, v in e.items() if k != "time"} for e in json.loads(p.read_text())]  # noqa: E731
     assert strip(interrupted / "toy_epoch_log.json") == strip(straight / "toy_epoch_log.json")
+
+
+# -- a fresh run never mixes with an earlier one in its folder (overwrite) ---------------------
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_fresh_run_into_a_used_folder_is_an_error_and_deletes_nothing(tmp_path):
+    fit(tmp_path, epochs=2)
+    before = snapshot(tmp_path)
+    with pytest.raises(TrainingConfigError) as info:
+        fit(tmp_path, epochs=1)
+    msg = str(info.value)
+    assert str(tmp_path) in msg and "toy_" in msg and ".pth" in msg
+    assert "--resume auto" in msg and "--out" in msg and "--overwrite" in msg
+    assert snapshot(tmp_path) == before  # nothing deleted, nothing written
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path, capsys):
+    fit(tmp_path, epochs=3, lr=5e-2)  # a good earlier run: a best the new run will not beat
+    old_best = json.loads((tmp_path / "checkpoints_manifest.json").read_text())["best"]["value"]
+    (tmp_path / "notes.txt").write_text("not a checkpoint: kept")
+    _, report = fit(tmp_path, epochs=2, lr=1e-6, overwrite=True)
+    assert report["completed"]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "toy_epoch_3.pth" not in names and "notes.txt" in names
+    assert {"toy_epoch_1.pth", "toy_epoch_2.pth", "toy_best.pth", "toy_last.pth"} <= names
+    best = torch.load(tmp_path / "toy_best.pth", weights_only=True)["cad3d_meta"]
+    assert best["config"]["engine"]["lr"] == 1e-6  # written by the new run
+    assert best["metrics"]["val_loss"] > old_best  # although worse than the deleted best
+    log = json.loads((tmp_path / "toy_epoch_log.json").read_text())
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert json.loads((tmp_path / "toy_report.json").read_text())["total_epochs"] == 2
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(tmp_path), "--no-forward"]) == 0, capsys.readouterr().out
+    # overwrite is for fresh runs only
+    with pytest.raises(TrainingConfigError, match="overwrite"):
+        EngineConfig(overwrite=True, resume="auto")
+
+
+def test_cli_fresh_run_into_a_used_folder(tmp_path, capsys):
+    data = toy_data(tmp_path)
+    out = tmp_path / "out"
+    args = ["train", "toy", "--data", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1", "--no-progress"]
+    assert main(args) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cad3d: error: ") and str(out) in err and "--overwrite" in err and "--resume auto" in err
+    assert snapshot(out) == before
+    assert main([*args, "--resume", "auto"]) == 0  # continuing is fine (nothing left to train)
+    assert main([*args, "--overwrite"]) == 0
+    assert "toy: done after 1 epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--overwrite", "--resume", "auto"])
+    assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """The `cad3d` command line: a thin layer that parses arguments and calls library functions.
 
 Each command group lives in its own module with `add_parser(subparsers)`; the parser it adds
-sets `func(args) -> int`. Exit codes: 0 success, 1 failure (one-line cause on stderr), 2 usage.
+sets `func(args) -> int`. Exit codes: 0 success, 1 failure (one-line cause on stderr), 2 usage
+(argparse: a bad flag or value). A closed stdout (``cad3d ... | head``) ends the command quietly
+with 0.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cad3d import __version__
@@ -39,8 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that went away shows up here
+        return code
+    except BrokenPipeError:
+        # The reader of our stdout closed it (`cad3d ckpt inspect F | head`): stop quietly. Point
+        # stdout at devnull so the flush at interpreter exit does not raise again (Python docs,
+        # "Note on SIGPIPE").
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured)
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version print to stdout, then exit
+        if exc.code in (0, None):
+            sys.stdout.flush()
+        raise
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

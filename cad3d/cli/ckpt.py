@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from cad3d.cli._args import non_negative_int
 from cad3d.errors import CheckpointError
 
 _EPILOG_FILES = (
@@ -73,7 +74,7 @@ def add_parser(subparsers) -> None:
         "Each deletion updates the manifest.",
     )
     pr.add_argument("path", type=Path, metavar="PATH", help="checkpoint folder")
-    pr.add_argument("--keep-last", type=int, required=True, metavar="K", help="epoch files to keep (>= 0)")
+    pr.add_argument("--keep-last", type=non_negative_int, required=True, metavar="K", help="epoch files to keep (>= 0)")
     pr.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     pr.add_argument("--model", metavar="TASK", help="task whose file names to use (default: from the metadata)")
     pr.set_defaults(func=_cmd_prune)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from cad3d.cli._args import MAX_SAMPLING_STEPS, positive_int, sampling_steps
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -18,11 +20,12 @@ def add_parser(sub) -> None:
                    help="conversion path (default auto: the best one with trained weights)")
     p.add_argument("--format", choices=["ply", "npy", "obj"], default="ply",
                    help="ply/npy point cloud, or obj mesh reconstructed from the cloud (default ply)")
-    p.add_argument("--num-points", type=int, default=None, help="points per cloud (default: the model's)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps of the fast sampler (default 50)")
+    p.add_argument("--num-points", type=positive_int, default=None, help="points per cloud (default: the model's)")
+    p.add_argument("--steps", type=sampling_steps, default=50,
+                   help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=16, help="drawings per model call (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     p.add_argument("--vit", default="trained_models/vit/final_model.pth", help="ViT checkpoint (used if it exists)")
     p.add_argument("--diffusion", default="trained_models/diffusion/diffusion_best.pth",

@@ -6,14 +6,8 @@ import argparse
 import os
 import sys
 
+from cad3d.cli._args import positive_int as _positive
 from cad3d.errors import DatasetError
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _shard(text: str):

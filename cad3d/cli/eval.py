@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from cad3d.cli._args import MAX_SAMPLING_STEPS, positive_int, sampling_steps
+
+# cad3d.evaluation.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
+# (tests/test_cli_args.py checks that the two agree).
+ALL_METHODS = ("diffusion", "vit", "depth", "geometric", "retrieval", "mean")
+
 
 def add_parser(sub) -> None:
-    from cad3d.evaluation import ALL_METHODS
-
     p = sub.add_parser(
         "eval", help="score conversion paths and baselines on a dataset split",
         description="Convert the drawings of one split with every conversion path that has weights (diffusion, "
@@ -23,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="split to evaluate (default test; all: every sample, e.g. of a held-out-families dataset)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", choices=ALL_METHODS,
                    help=f"methods to score (default all: {', '.join(ALL_METHODS)}; unavailable ones are reported "
                         "as skipped)")
     p.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
@@ -31,13 +35,14 @@ def add_parser(sub) -> None:
                         "baselines' training index and label the report 'unseen families'")
     p.add_argument("--train-data", default=None, metavar="DIR",
                    help="dataset whose train split the baselines index (default: --data)")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many drawings")
-    p.add_argument("--num-points", type=int, default=None, help="points per predicted cloud (default: as the ground truth)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (default 50)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="evaluate at most this many drawings")
+    p.add_argument("--num-points", type=positive_int, default=None, help="points per predicted cloud (default: as the ground truth)")
+    p.add_argument("--steps", type=sampling_steps, default=50,
+                   help=f"diffusion sampling steps, 1 to {MAX_SAMPLING_STEPS} (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    p.add_argument("--batch-size", type=int, default=16, help="drawings per model call (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--examples", type=int, default=4, help="samples shown in eval_examples.png (default 4)")
+    p.add_argument("--examples", type=positive_int, default=4, help="samples shown in eval_examples.png (default 4)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--vit", default="trained_models/vit/final_model.pth", help="ViT checkpoint (used if it exists)")
     p.add_argument("--diffusion", default="trained_models/diffusion/diffusion_best.pth",

@@ -5,7 +5,11 @@ modules named in ``CAD3D_TASK_MODULES``. The task reads its (train, val) dataset
 (`TrainTask.build_datasets`); ``--preset`` picks its config (`TrainTask.presets`) and engine
 defaults (`TrainTask.engine_presets`); flags given explicitly override both.
 
-Exit codes: 0 done (also when ``--max-steps`` stopped early), 1 failure, 2 usage (unknown MODEL),
+A fresh run (no ``--resume``) into a folder that already holds checkpoints of MODEL is an error
+(exit 1) unless ``--overwrite`` deletes them first: two runs never mix in one folder.
+
+Exit codes: 0 done (also when ``--max-steps`` stopped early), 1 failure, 2 usage (unknown MODEL,
+a bad flag value),
 130 / 143 stopped by SIGINT / SIGTERM after saving ``*_last`` (128 + signal number, as shells
 report it) — run again with ``--resume auto`` to continue.
 Multi-GPU: ``torchrun --nproc-per-node G -m cad3d train ...`` (``--batch-size`` is per process).
@@ -17,6 +21,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from cad3d.cli._args import non_negative_int, positive_float, positive_int
 
 
 # CLI flag -> EngineConfig field, for flags that map one to one (None = not given).
@@ -49,20 +55,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", help="output folder (default trained_models/MODEL/)")
     p.add_argument("--preset", choices=["tiny", "full"], default="full", help="model size and engine defaults (default full)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process (global = this x number of processes)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="per process (global = this x number of processes)")
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--warmup-steps", type=non_negative_int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the modules")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out (auto) or from PATH")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the folder's existing checkpoints and logs of this model before training "
+                        "(without it, a fresh run into a folder that has them is an error)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--keep-last", type=int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (resumable)")
+    p.add_argument("--num-workers", type=non_negative_int)
+    p.add_argument("--keep-last", type=non_negative_int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (resumable)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run, _parser=p)
@@ -76,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         get_task_class(args.model)
     except KeyError:
         args._parser.error(f"unknown model {args.model!r}; known: {', '.join(known_tasks()) or 'none registered'}")
+    if args.overwrite and args.resume:
+        args._parser.error("--overwrite starts fresh; it cannot be combined with --resume")
     overrides = {field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items()}
+    if args.overwrite:
+        overrides["overwrite"] = True
     if args.compile:
         overrides["compile"] = True
     if args.tensorboard:

@@ -1,0 +1,55 @@
+"""argparse ``type=`` helpers for numeric flags.
+
+A bad value raises `argparse.ArgumentTypeError`; argparse then prints the usage line and
+``argument --flag: <message>`` and exits with 2 (a usage error, SPEC §8) — no traceback, and no
+value silently replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SAMPLING_STEPS = 1000  # diffusion sampling steps: more is never useful and only slow
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer (>= 0), got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def sampling_steps(text: str) -> int:
+    """Diffusion sampling steps: an integer from 1 to `MAX_SAMPLING_STEPS`."""
+    value = positive_int(text)
+    if value > MAX_SAMPLING_STEPS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SAMPLING_STEPS}, got {text}")
+    return value
