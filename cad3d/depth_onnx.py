@@ -199,32 +199,34 @@ def export_depth_onnx(
         tolerance = atol + rtol * float(np.abs(expected).max())
         if not diff <= tolerance:
             raise DepthModelError(f"{path}: exported ONNX output differs from PyTorch by {diff:.3g} (> {tolerance:.3g})")
+        # Sidecar first, model last: a crash in between leaves the previous model beside the new
+        # sidecar, whose preprocessing ("unit") is that of every export, so it still runs right.
+        sidecar = sidecar_path(path)
+        atomic_write_json(
+            sidecar,
+            {
+                "format": SIDECAR_FORMAT,
+                "version": 1,
+                "model": path.name,
+                "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
+                "output": {"name": OUTPUT_NAME, "shape": ["batch", size, size], "dtype": "float32"},
+                "preprocessing": "unit",
+                "color": "RGB",
+                "value_range": [0.0, 1.0],
+                "mean": None,
+                "std": None,
+                "output_meaning": "relative inverse depth, larger = closer; <= 0 on paper, >= 1 on the part",
+                "foreground_threshold": FOREGROUND_THRESHOLD,
+                "train_image_size": int(train_size),
+                "opset": int(opset),
+                "max_abs_diff": diff,
+                "torch": torch.__version__,
+                **(extra_info or {}),
+            },
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    sidecar = sidecar_path(path)
-    atomic_write_json(
-        sidecar,
-        {
-            "format": SIDECAR_FORMAT,
-            "version": 1,
-            "model": path.name,
-            "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "shape": ["batch", size, size], "dtype": "float32"},
-            "preprocessing": "unit",
-            "color": "RGB",
-            "value_range": [0.0, 1.0],
-            "mean": None,
-            "std": None,
-            "output_meaning": "relative inverse depth, larger = closer; <= 0 on paper, >= 1 on the part",
-            "foreground_threshold": FOREGROUND_THRESHOLD,
-            "train_image_size": int(train_size),
-            "opset": int(opset),
-            "max_abs_diff": diff,
-            "torch": torch.__version__,
-            **(extra_info or {}),
-        },
-    )
     return ExportResult(path=path, sidecar=sidecar, max_abs_diff=diff, tolerance=tolerance)
 
 

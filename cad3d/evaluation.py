@@ -587,15 +587,10 @@ def examples_image(rows, columns: Sequence[str], tile: int = 160, labels: Sequen
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import io
+    from cad3d.conversion import png_bytes
+    from cad3d.io import atomic_write_bytes
 
-    from PIL import Image
-
-    from cad3d.training.checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(rgb))
 
 
 def write_artefacts(report: dict, out_dir: str | os.PathLike, *, examples=None, example_stems=None,

@@ -212,7 +212,7 @@ def test_missing_data_split_and_methods_are_one_line_errors(tiny_dataset, tmp_pa
     from cad3d.data.synth import create_synthetic_training_data
 
     two = tmp_path / "two"
-    create_synthetic_training_data(two, 2, num_points=64, image_size=64, seed=7, progress=False)  # train + val only
+    create_synthetic_training_data(two, 2, num_points=64, image_size=64, seed=7, progress=False)  # train only
     with pytest.raises(DatasetError, match="split 'test'"):
         evaluate(two, "test", ["geometric"], bare_converter(tmp_path))
     with pytest.raises(DatasetError, match="does not exist"):
@@ -222,7 +222,7 @@ def test_missing_data_split_and_methods_are_one_line_errors(tiny_dataset, tmp_pa
     assert main(["eval", "--data", str(two), "-o", str(tmp_path / "o"), "--no-progress", "--device", "cpu"]) == 1
     assert "split 'test'" in capsys.readouterr().err
     # Baselines without a train split to index are skipped with the reason, not a crash.
-    report = evaluate(two, "val", ["retrieval", "geometric"], bare_converter(tmp_path), train_data=tmp_path / "nowhere")
+    report = evaluate(two, "train", ["retrieval", "geometric"], bare_converter(tmp_path), train_data=tmp_path / "nowhere")
     assert report["methods"]["retrieval"]["status"] == "skipped" and "no training split" in report["methods"]["retrieval"]["note"]
 
 
