@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("diffusion", "vit", "depth", "geometric")
 DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
+DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
+DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

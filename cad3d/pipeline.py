@@ -78,7 +78,8 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
         out = root / "trained_models" / model
         task_overrides = {"onnx_path": str(root / "models" / "cad3d_depth_256.onnx")} if model == "depth" else None
         result.reports[model] = train_model(model, data_dir, preset="tiny", out_dir=out, task_overrides=task_overrides,
-                                            epochs=epochs, seed=cfg.seed, progress=cfg.progress)
+                                            epochs=epochs, seed=cfg.seed, progress=cfg.progress,
+                                            overwrite=True)  # the demo remakes its runs from scratch
         result.artefacts[f"{model} checkpoints"] = out
         result.seconds[f"train {model}"] = time.perf_counter() - t
     onnx = root / "models" / "cad3d_depth_256.onnx"

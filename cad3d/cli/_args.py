@@ -53,3 +53,21 @@ def sampling_steps(text: str) -> int:
     if value > MAX_SAMPLING_STEPS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SAMPLING_STEPS}, got {text}")
     return value
+
+
+def model_weight_options(parser) -> None:
+    """--vit and --diffusion of the commands that convert drawings."""
+    parser.add_argument("--vit", default=None, metavar="PATH",
+                        help="ViT checkpoint (default: trained_models/vit/final_model.pth when it exists)")
+    parser.add_argument("--diffusion", default=None, metavar="PATH",
+                        help="diffusion checkpoint (default: trained_models/diffusion/diffusion_best.pth when it exists)")
+
+
+def weights_path(given, default):
+    """The checkpoint to load: the user's path as given (a missing one is warned about), else the
+    default one if it exists, else None (that path is simply not available)."""
+    from pathlib import Path
+
+    if given is not None:
+        return given
+    return default if Path(default).is_file() else None

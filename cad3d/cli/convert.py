@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cad3d.cli._args import MAX_SAMPLING_STEPS, positive_int, sampling_steps
+from cad3d.cli._args import MAX_SAMPLING_STEPS, model_weight_options, positive_int, sampling_steps
 
 
 def add_parser(sub) -> None:
@@ -27,9 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
-    p.add_argument("--vit", default="trained_models/vit/final_model.pth", help="ViT checkpoint (used if it exists)")
-    p.add_argument("--diffusion", default="trained_models/diffusion/diffusion_best.pth",
-                   help="diffusion checkpoint (used if it exists)")
+    model_weight_options(p)
     p.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
     p.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
     p.add_argument("--no-preview", action="store_true", help="no PNG previews")
@@ -38,10 +36,12 @@ def add_parser(sub) -> None:
 
 
 def _convert(args) -> int:
-    from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter, convert_files
+    from cad3d.cli._args import weights_path
+    from cad3d.hybrid_vit_diffusion import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, convert_files
 
     converter = HybridCAD3DConverter(
-        device=args.device, vit_model_path=args.vit, diffusion_model_path=args.diffusion,
+        device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
+        diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
         depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
     )
     report = convert_files(

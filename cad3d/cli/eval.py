@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cad3d.cli._args import MAX_SAMPLING_STEPS, positive_int, sampling_steps
+from cad3d.cli._args import MAX_SAMPLING_STEPS, model_weight_options, positive_int, sampling_steps
 
 # cad3d.evaluation.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
 # (tests/test_cli_args.py checks that the two agree).
@@ -44,9 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--examples", type=positive_int, default=4, help="samples shown in eval_examples.png (default 4)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--vit", default="trained_models/vit/final_model.pth", help="ViT checkpoint (used if it exists)")
-    p.add_argument("--diffusion", default="trained_models/diffusion/diffusion_best.pth",
-                   help="diffusion checkpoint (used if it exists)")
+    model_weight_options(p)
     p.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
     p.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
     p.add_argument("--runs", default="trained_models", metavar="DIR",
@@ -56,20 +54,15 @@ def add_parser(sub) -> None:
 
 
 def _eval(args) -> int:
-    import warnings
-    from pathlib import Path
-
+    from cad3d.cli._args import weights_path
     from cad3d.evaluation import evaluate, render_markdown
-    from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter
+    from cad3d.hybrid_vit_diffusion import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter
 
-    with warnings.catch_warnings():
-        # Missing default checkpoints are normal here: those methods are reported as skipped.
-        warnings.simplefilter("ignore")
-        converter = HybridCAD3DConverter(
-            device=args.device, vit_model_path=args.vit if Path(args.vit).is_file() else None,
-            diffusion_model_path=args.diffusion if Path(args.diffusion).is_file() else None,
-            depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
-        )
+    converter = HybridCAD3DConverter(
+        device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
+        diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
+        depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
+    )
     report = evaluate(
         args.data, args.split, args.methods, converter, args.output, train_data=args.train_data,
         families=args.families, num_points=args.num_points, steps=args.steps, guidance=args.guidance,
