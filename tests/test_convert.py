@@ -261,3 +261,16 @@ def test_a_cloud_does_not_depend_on_its_batch(tiny_dataset, runs):
         # Equal up to float rounding: batched matrix products may sum in another order.
         assert np.allclose(alone, batched, atol=1e-4), method
     assert len(conv.convert(a, method="diffusion", steps=2).points) == conv.native_points("diffusion")
+
+
+def test_robust_normalization_ignores_stray_points():
+    from cad3d.conversion import normalize_cloud
+
+    rng = np.random.default_rng(0)
+    cube = rng.uniform(-0.5, 0.5, size=(1000, 3))
+    strays = np.array([[5.0, 5.0, 5.0], [-4.0, 0.0, 0.0]])
+    alone = np.abs(normalize_cloud(cube)).max()  # about 1/sqrt(3): the corners touch the sphere
+    plain = np.abs(normalize_cloud(np.concatenate([cube, strays]))[:1000]).max()
+    robust = np.abs(normalize_cloud(np.concatenate([cube, strays]), robust=True)[:1000]).max()
+    assert plain < 0.85 * alone  # two strays squeezed the cube
+    assert abs(robust - alone) < 0.15 * alone  # the cube keeps about its size
