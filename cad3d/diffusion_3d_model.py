@@ -308,9 +308,9 @@ def create_diffusion_model(num_points: int = 4096, device: str | torch.device = 
         else:
             d[k] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
     d["num_points"] = int(num_points)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Diffusion3DModel(DiffusionConfig.from_dict(d)).to(device)
+    from cad3d.devices import resolve_device
+
+    return Diffusion3DModel(DiffusionConfig.from_dict(d)).to(resolve_device(device))
 
 
 __all__ = [

@@ -77,9 +77,9 @@ class DiffusionTrainer:
             self.model.to(self._torch_device())
 
     def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        from cad3d.devices import resolve_device
+
+        return resolve_device(self.device)
 
     def make_task(self, replay_ratio: Optional[float] = None, offer_to_replay: bool = True) -> DiffusionTask:
         config = DiffusionTaskConfig(

@@ -36,6 +36,7 @@ from cad3d.conversion import (
     read_drawing,
     write_result,
 )
+from cad3d.devices import resolve_device
 from cad3d.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ METHODS = ("diffusion", "vit", "depth", "geometric")
 DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
 DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConversionError("device 'cuda' was asked for but CUDA is not available")
-    return dev
 
 
 def _existing(path) -> Optional[Path]:
@@ -94,7 +86,7 @@ class HybridCAD3DConverter:
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
     ):
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.num_points = None if num_points is None else int(num_points)
         self.enable_learning = bool(enable_learning)
         self.learning_path = Path(learning_path)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cad3d.devices import DeviceError, resolve_device
 from cad3d.models.vae import PointCloudVAE, VAEConfig
 from cad3d.training.checkpoint import load_checkpoint, load_state_dict_strict
 
@@ -123,13 +124,12 @@ def _unbatch(x: torch.Tensor, batched: bool) -> torch.Tensor:
 
 
 def _resolve_device(device) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {device} requested but CUDA is not available; using CPU", UserWarning, stacklevel=3)
+    # Seed 000's graceful degradation: a converter asked for CUDA on a CPU machine still works.
+    try:
+        return resolve_device(device)
+    except DeviceError as exc:
+        warnings.warn(f"{exc}; using CPU", UserWarning, stacklevel=3)
         return torch.device("cpu")
-    return device
 
 
 def _config_from(payload, num_points: int) -> VAEConfig:

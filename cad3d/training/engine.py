@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cad3d.devices import resolve_device
 from cad3d.errors import Cad3dError, CheckpointError
 from cad3d.training import distributed as D
 from cad3d.training.checkpoint import (
@@ -152,14 +153,6 @@ class EngineConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "EngineConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingConfigError("device cuda requested but torch.cuda.is_available() is False")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -302,7 +295,7 @@ class Engine:
         device_type = resolve_device(cfg.device).type
         self.dist = D.init_distributed(device_type)
         try:
-            self.device = resolve_device(cfg.device, self.dist.local_rank)
+            self.device = resolve_device(cfg.device, local_rank=self.dist.local_rank)
             self._install_signal_handlers()
             try:
                 return self._fit()
