@@ -42,3 +42,41 @@ def write_section(name: str, markdown: str) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def task_train_rate(task, device, batch_size: int, steps: int, precision: str = "fp32", lr: float = 1e-3) -> float:
+    """Training samples per second of one `TrainTask` (forward, loss, backward, AdamW step on the
+    task's example batch): the median over ``steps`` timed steps after 2 warm-up steps."""
+    import statistics
+    import time
+
+    import torch
+
+    from cad3d.training.task import StepContext
+
+    modules = {k: m.to(device).train() for k, m in task.build_modules().items()}
+    opt = task.configure_optimizer(modules, lr=lr, weight_decay=0.0)
+    batch = task.to_device(task.example_batch(batch_size, torch.Generator().manual_seed(0)), device)
+    ctx = StepContext(1, 0, device, torch.Generator(device=device).manual_seed(0))
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    times = []
+    for i in range(steps + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, _ = task.training_step(modules, batch, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return batch_size / statistics.median(times)

@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_section  # noqa: E402
+from _common import machine_info, sync, task_train_rate, write_section  # noqa: E402
 
-from cad3d.training.task import StepContext  # noqa: E402
 from cad3d.training.vae_task import VAETask  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def train_rate(preset: str, device: torch.device, batch_size: int, steps: int, precision: str = "fp32", **overrides) -> float:
@@ -34,24 +26,7 @@ def train_rate(preset: str, device: torch.device, batch_size: int, steps: int, p
     torch.manual_seed(0)
     task = VAETask(dataclasses.replace(VAETask.presets()[preset], **overrides))
     task.on_epoch_start(1, 10)
-    modules = {k: m.to(device).train() for k, m in task.build_modules().items()}
-    opt = task.configure_optimizer(modules, lr=1e-3, weight_decay=0.0)
-    batch = task.to_device(task.example_batch(batch_size, torch.Generator().manual_seed(0)), device)
-    ctx = StepContext(1, 0, device, torch.Generator(device=device).manual_seed(0))
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    times = []
-    for i in range(steps + 2):
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _ = task.training_step(modules, batch, ctx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return batch_size / statistics.median(times)
+    return task_train_rate(task, device, batch_size, steps, precision, lr=1e-3)
 
 
 def main() -> None:
