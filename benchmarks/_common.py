@@ -60,7 +60,7 @@ def task_train_rate(task, device, batch_size: int, steps: int, precision: str = 
 
     import torch
 
-    from cad3d.training.task import StepContext
+    from cad3d.training.tasks.base import StepContext
 
     modules = {k: m.to(device).train() for k, m in task.build_modules().items()}
     opt = task.configure_optimizer(modules, lr=lr, weight_decay=0.0)

@@ -19,8 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_section  # noqa: E402
 
-from cad3d.training.checkpoint import CheckpointManager, build_metadata, load_checkpoint, read_metadata  # noqa: E402
-from cad3d.training.task import CheckpointSchema  # noqa: E402
+from cad3d.training.checkpoint import CheckpointManager
+from cad3d.training.checkpoint_io import build_metadata, load_checkpoint, read_metadata
+from cad3d.training.tasks.base import CheckpointSchema  # noqa: E402
 
 SCHEMA = CheckpointSchema(model="bench", module_keys={"model": "state_dict"}, epoch_file="bench_epoch_{epoch}.pth", last_file="bench_last.pth")
 

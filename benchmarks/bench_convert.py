@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=2048)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
-    from cad3d.conversion import read_drawing
-    from cad3d.hybrid_vit_diffusion import METHODS, HybridCAD3DConverter
+    from cad3d.conversion.drawing import read_drawing
+    from cad3d.conversion.converter import METHODS, HybridCAD3DConverter
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_depth.py [--preset full|tiny] [--rounds R] [--threads T] [--no-write]
 
 Builds the preset's `DepthNet` (random weights: latency does not depend on them), exports it
-with `cad3d.depth_onnx.export_depth_onnx` (1x3x256x256 -> 1x256x256, the MiDaS v2.1 small
+with `cad3d.training.depth_export.export_depth_onnx` (1x3x256x256 -> 1x256x256, the MiDaS v2.1 small
 contract) and times, on CPU (and CUDA when present):
 
 * PyTorch: ``model(x)`` under ``torch.inference_mode`` on a 1x3x256x256 tensor;
@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import machine_info, write_section  # noqa: E402
 
-from cad3d.depth_onnx import DepthEstimator, OnnxDepthWrapper, export_depth_onnx  # noqa: E402
+from cad3d.conversion.depth import DepthEstimator  # noqa: E402
+from cad3d.training.depth_export import OnnxDepthWrapper, export_depth_onnx  # noqa: E402
 from cad3d.models.depth_net import DepthNet  # noqa: E402
-from cad3d.training.depth_task import DepthTask  # noqa: E402
+from cad3d.training.tasks.depth import DepthTask  # noqa: E402
 
 
 def _time_ms(fn, rounds: int, warmup: int = 3, sync=None) -> tuple[float, float]:

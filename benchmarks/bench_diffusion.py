@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_section  # noqa: E402
 
-from cad3d.diffusion_3d_model import create_diffusion_model  # noqa: E402
+from cad3d.models.diffusion_model import create_diffusion_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, sync, task_train_rate, write_section  # noqa: E402
 
-from cad3d.training.vae_task import VAETask  # noqa: E402
+from cad3d.training.tasks.vae import VAETask  # noqa: E402
 
 
 def train_rate(preset: str, device: torch.device, batch_size: int, steps: int, precision: str = "fp32", **overrides) -> float:

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, sync, task_train_rate, write_section  # noqa: E402
 
-from cad3d.vit_trainer import ViTTask  # noqa: E402
+from cad3d.training.tasks.vit import ViTTask  # noqa: E402
 
 
 def train_rate(preset: str, device: torch.device, batch_size: int, steps: int, precision: str = "fp32") -> float:

@@ -15,3 +15,7 @@ class CheckpointError(Cad3dError):
 
 class ConversionError(Cad3dError):
     """A drawing that cannot be converted."""
+
+
+class EvaluationError(Cad3dError):
+    """An evaluation that cannot run, or a training log that cannot be read or plotted."""

@@ -87,7 +87,8 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
         result.artefacts["depth ONNX"] = onnx
 
     t = stage("convert")
-    from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter, convert_files
+    from cad3d.conversion.batch import convert_files
+    from cad3d.conversion.converter import HybridCAD3DConverter
 
     held_out = next((r for r in index_dataset(data_dir) if r.split == "test"), None) or next(
         (r for r in index_dataset(data_dir) if r.split == "val"), None)
@@ -108,7 +109,8 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
     result.seconds["convert"] = time.perf_counter() - t
 
     t = stage("evaluate")
-    from cad3d.evaluation import evaluate, render_markdown
+    from cad3d.evaluation.evaluate import evaluate
+    from cad3d.evaluation.report import render_markdown
 
     eval_dir = root / "outputs" / "eval"
     result.evaluation = evaluate(data_dir, "test" if held_out.split == "test" else "val", converter=converter,

@@ -19,20 +19,10 @@ import torch
 from torch import nn
 
 from cad3d.errors import CheckpointError
-from cad3d.training.checkpoint import (
-    MANIFEST_NAME,
-    CheckpointEnvironmentWarning,
-    CheckpointManager,
-    atomic_torch_save,
-    atomic_write_json,
-    build_metadata,
-    load_checkpoint,
-    load_state_dict_strict,
-    read_manifest,
-    read_metadata,
-    sha256_file,
-)
-from cad3d.training.task import CheckpointSchema
+from cad3d.training.checkpoint import CheckpointManager
+from cad3d.training.checkpoint_io import MANIFEST_NAME, CheckpointEnvironmentWarning, atomic_torch_save, build_metadata, load_checkpoint, load_state_dict_strict, read_manifest, read_metadata, sha256_file
+from cad3d.io import atomic_write_json
+from cad3d.training.tasks.base import CheckpointSchema
 
 SCHEMA = CheckpointSchema(
     model="toy",

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from cad3d.cli import main
-from cad3d.training.checkpoint import MANIFEST_NAME, CheckpointManager, atomic_write_json, build_metadata, read_manifest, read_metadata
-from cad3d.training.task import CheckpointSchema, TrainTask, register_task
+from cad3d.training.checkpoint import CheckpointManager
+from cad3d.training.checkpoint_io import MANIFEST_NAME, build_metadata, read_manifest, read_metadata
+from cad3d.io import atomic_write_json
+from cad3d.training.tasks.base import CheckpointSchema, TrainTask, register_task
 
 
 @dataclass

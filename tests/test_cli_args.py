@@ -81,7 +81,7 @@ def test_valid_edges_are_accepted():
 
 def test_eval_method_choices_match_the_evaluation():
     from cad3d.cli import eval as eval_cli
-    from cad3d.evaluation import ALL_METHODS
+    from cad3d.evaluation.evaluate import ALL_METHODS
 
     assert tuple(eval_cli.ALL_METHODS) == tuple(ALL_METHODS)
 

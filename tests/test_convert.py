@@ -13,7 +13,7 @@ import torch
 
 from cad3d.cli import main
 from cad3d.errors import CheckpointError, ConversionError
-from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter
+from cad3d.conversion.converter import HybridCAD3DConverter
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +115,14 @@ def test_learn_save_reload(tiny_dataset, runs, tmp_path):
     path = tmp_path / "hybrid" / "continuous_learning.pth"
     conv = HybridCAD3DConverter("cpu", diffusion_model_path=runs["diffusion"], enable_learning=True,
                                 models_dir=runs["empty_models"], learning_path=path)
-    before = {k: v.clone() for k, v in conv.diffusion.model.unet.state_dict().items()}
-    size_before = len(conv.diffusion.replay_buffer)
+    before = {k: v.clone() for k, v in conv.diffusion.unet.state_dict().items()}
+    size_before = len(conv.replay_buffer)
     image = drawing(tiny_dataset, 2)
     points = load_points(tiny_dataset / "pointclouds" / f"{image.stem}.npy")
     report = conv.learn(image, points, steps=3, replay=2)
     assert report["total_steps"] == 3
-    assert len(conv.diffusion.replay_buffer) == min(size_before + 1, conv.diffusion.replay_buffer.capacity)
-    after = conv.diffusion.model.unet.state_dict()
+    assert len(conv.replay_buffer) == min(size_before + 1, conv.replay_buffer.capacity)
+    after = conv.diffusion.unet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it fine-tuned
     assert conv.save() == path and path.is_file()
     assert main(["ckpt", "verify", str(path)]) == 0
@@ -130,8 +130,8 @@ def test_learn_save_reload(tiny_dataset, runs, tmp_path):
     # A new converter with learning on picks the learned state up by itself.
     again = HybridCAD3DConverter("cpu", enable_learning=True, models_dir=runs["empty_models"], learning_path=path)
     assert again.weights["diffusion"] == str(path) and again.trained["diffusion"]
-    assert len(again.diffusion.replay_buffer) == len(conv.diffusion.replay_buffer)
-    for k, v in again.diffusion.model.unet.state_dict().items():
+    assert len(again.replay_buffer) == len(conv.replay_buffer)
+    for k, v in again.diffusion.unet.state_dict().items():
         assert torch.equal(v, after[k].cpu())
     with pytest.raises(ConversionError, match="finite"):
         conv.learn(image, np.full((10, 3), np.nan))
@@ -191,7 +191,7 @@ def test_cli_converts_the_good_inputs_and_names_each_bad_one(tiny_dataset, tmp_p
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial files
     assert f"converted {len(ok)}, failed {len(causes) + 1}" in captured.out
     # RGBA (transparent paper), palette and 16-bit files are read as the same drawing.
-    from cad3d.conversion import read_drawing
+    from cad3d.conversion.drawing import read_drawing
 
     images = {n: read_drawing(files[n]) for n in ok}
     assert all(np.abs(images["good"] - images[n]).max() < 1 / 255 + 1e-6 for n in ok)
@@ -235,7 +235,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 def test_three_view_sheets_are_carved_from_every_panel(tmp_path):
     """A three-view sheet is recognised and its panels carve a visual hull close to the part."""
-    from cad3d.conversion import is_three_view_sheet, read_drawing
+    from cad3d.conversion.drawing import read_drawing
+    from cad3d.conversion.fallback import is_three_view_sheet
     from cad3d.data.synth import create_synthetic_training_data
     from cad3d.geometry.ops import chamfer_distance
 
@@ -264,7 +265,7 @@ def test_a_cloud_does_not_depend_on_its_batch(tiny_dataset, runs):
 
 
 def test_robust_normalization_ignores_stray_points():
-    from cad3d.conversion import normalize_cloud
+    from cad3d.conversion.fallback import normalize_cloud
 
     rng = np.random.default_rng(0)
     cube = rng.uniform(-0.5, 0.5, size=(1000, 3))

@@ -222,7 +222,7 @@ def test_mesh_normalization_follows_the_geometry_convention():
     import trimesh
 
     from cad3d.data.synth import normalize_mesh
-    from cad3d.geometry.ops import normalize
+    from cad3d.geometry.transforms import normalize
 
     mesh = trimesh.creation.box((4.0, 2.0, 1.0))
     mesh.apply_translation((10.0, -3.0, 2.0))

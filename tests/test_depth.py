@@ -12,24 +12,23 @@ import torch
 from torch import nn
 
 from cad3d.data.dataset import CAD2D3DDataset, load_drawing, load_points
-from cad3d.depth_onnx import (
+from cad3d.conversion.depth import DepthEstimator, lift_drawing
+from cad3d.conversion.drawing import silhouette_mask
+from cad3d.models.depth_contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MIDAS_MODEL_NAMES,
     OUR_MODEL_NAME,
-    DepthEstimator,
     DepthModelError,
-    export_depth_checkpoint,
-    export_depth_onnx,
     find_depth_model,
-    lift_drawing,
-    silhouette_mask,
 )
+from cad3d.training.depth_export import export_depth_checkpoint, export_depth_onnx
 from cad3d.errors import ConversionError
 from cad3d.geometry.camera import OrthoCamera
-from cad3d.geometry.ops import chamfer_distance, depth_to_points
+from cad3d.geometry.ops import chamfer_distance
+from cad3d.geometry.transforms import depth_to_points
 from cad3d.models.depth_net import DepthNet, DepthNetConfig
-from cad3d.training.depth_task import DepthTask, DepthTaskConfig, depth_loss, ssi_loss
+from cad3d.training.tasks.depth import DepthTask, DepthTaskConfig, depth_loss, ssi_loss
 
 TINY_NET = DepthNetConfig(base_channels=4, max_channels=16, levels=2, image_size=64)
 
@@ -52,7 +51,7 @@ def test_depth_net_shapes_and_ssi_loss_invariance():
 
 
 def test_task_registered_and_schema():
-    from cad3d.training.task import get_task_class
+    from cad3d.training.tasks.base import get_task_class
 
     assert get_task_class("depth") is DepthTask
     s = DepthTask.schema

@@ -22,8 +22,9 @@ from cad3d.diffusion_trainer import DiffusionTrainer
 from cad3d.geometry.ops import chamfer_distance
 from cad3d.models.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, NoiseScheduleConfig, spaced_timesteps
 from cad3d.models.pointnet2_unet import PointNet2UNet, PointNet2UNetConfig
-from cad3d.training.diffusion_task import DiffusionTask, ReplayBuffer
-from cad3d.training.task import get_task_class, known_tasks
+from cad3d.training.replay import ReplayBuffer
+from cad3d.training.tasks.diffusion import DiffusionTask
+from cad3d.training.tasks.base import get_task_class, known_tasks
 
 SEED_000_KEYS = {
     "epoch", "global_step", "image_encoder_state", "unet_state", "optimizer_state", "scheduler_state", "loss",

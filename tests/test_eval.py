@@ -12,22 +12,12 @@ from PIL import Image
 
 from cad3d.cli import main
 from cad3d.data.dataset import index_dataset, load_drawing
-from cad3d.errors import ConversionError, DatasetError
-from cad3d.evaluation import (
-    ALL_METHODS,
-    EvaluationError,
-    RetrievalBaseline,
-    SampleScore,
-    aggregate,
-    aggregate_by_family,
-    evaluate,
-    find_runs,
-    medoid_index,
-    plot_loss_curves,
-    read_loss_curves,
-    score_cloud,
-)
-from cad3d.hybrid_vit_diffusion import HybridCAD3DConverter
+from cad3d.conversion.converter import HybridCAD3DConverter
+from cad3d.errors import ConversionError, DatasetError, EvaluationError
+from cad3d.evaluation.baselines import RetrievalBaseline, medoid_index
+from cad3d.evaluation.curves import find_runs, plot_loss_curves, read_loss_curves
+from cad3d.evaluation.evaluate import ALL_METHODS, evaluate
+from cad3d.evaluation.metrics import SampleScore, aggregate, aggregate_by_family, score_cloud
 
 ARTEFACTS = ("eval.json", "eval.md", "eval_examples.png")
 
@@ -268,7 +258,8 @@ def test_cli_help():
 def test_depth_lifting_is_scored_when_an_onnx_depth_model_exists(tiny_dataset, tmp_path):
     import torch
 
-    from cad3d.depth_onnx import OUR_MODEL_NAME, export_depth_onnx
+    from cad3d.models.depth_contract import OUR_MODEL_NAME
+    from cad3d.training.depth_export import export_depth_onnx
     from cad3d.models.depth_net import DepthNet, DepthNetConfig
 
     torch.manual_seed(0)

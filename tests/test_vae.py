@@ -13,8 +13,8 @@ from cad3d.errors import CheckpointError
 from cad3d.geometry.ops import chamfer_distance
 from cad3d.models.vae import PointCloudVAE, VAEConfig, kl_weight_at, smoothness_loss, vae_loss
 from cad3d.training.engine import Engine, EngineConfig
-from cad3d.training.task import get_task_class
-from cad3d.training.vae_task import VAETask
+from cad3d.training.tasks.base import get_task_class
+from cad3d.training.tasks.vae import VAETask
 from cad3d.vae_integration import UntrainedModelWarning, VAEConverter
 
 SEED000_KEYS = {"epoch", "state_dict", "opt", "scheduler", "val_loss", "loss_history", "last_parts", "kl_weight"}

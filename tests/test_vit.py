@@ -11,17 +11,10 @@ import torch
 from cad3d.data.dataset import CAD2D3DDataset
 from cad3d.errors import CheckpointError
 from cad3d.geometry.ops import chamfer_distance
-from cad3d.training.task import StepContext, get_task_class, known_tasks
-from cad3d.vision_transformer_cad import VisionTransformer, VisionTransformerConfig
-from cad3d.vit_trainer import (
-    IGNORE_FAMILY,
-    FamilyLabeledDataset,
-    TrainingConfig,
-    ViTTask,
-    ViTTaskConfig,
-    VisionTransformerTrainer,
-    family_cross_entropy,
-)
+from cad3d.training.tasks.base import StepContext, get_task_class, known_tasks
+from cad3d.models.vit import VisionTransformer, VisionTransformerConfig
+from cad3d.training.tasks.vit import IGNORE_FAMILY, FamilyLabeledDataset, ViTTask, ViTTaskConfig, family_cross_entropy
+from cad3d.training.trainers import TrainingConfig, VisionTransformerTrainer
 
 MICRO = VisionTransformerConfig(
     image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_points=64, head_hidden=64

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cad3d.errors import DatasetError
-from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
 
 IN_DIM = 4
 

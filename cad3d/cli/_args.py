@@ -55,12 +55,33 @@ def sampling_steps(text: str) -> int:
     return value
 
 
-def model_weight_options(parser) -> None:
-    """--vit and --diffusion of the commands that convert drawings."""
+def converter_options(parser) -> None:
+    """The options of the commands that convert drawings (convert, eval): sampling, device,
+    batching and the weights to load (see `make_converter`)."""
+    parser.add_argument("--steps", type=sampling_steps, default=50,
+                        help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     parser.add_argument("--vit", default=None, metavar="PATH",
                         help="ViT checkpoint (default: trained_models/vit/final_model.pth when it exists)")
     parser.add_argument("--diffusion", default=None, metavar="PATH",
                         help="diffusion checkpoint (default: trained_models/diffusion/diffusion_best.pth when it exists)")
+    parser.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
+    parser.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def make_converter(args):
+    """The `HybridCAD3DConverter` of `converter_options` (inference only: no learning)."""
+    from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter
+
+    return HybridCAD3DConverter(
+        device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
+        diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
+        depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
+    )
 
 
 def weights_path(given, default):

@@ -117,9 +117,10 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _resolve_task(path: Path, model: str | None):
     """(task name, schema) for a folder: --model, else the task its checkpoints name."""
-    from cad3d.training.checkpoint import iter_checkpoint_files, read_metadata
-    from cad3d.training.checkpoint_verify import find_task_class
-    from cad3d.training.task import known_tasks
+    from cad3d.training.checkpoint import iter_checkpoint_files
+    from cad3d.training.checkpoint_io import read_metadata
+    from cad3d.training.tasks.base import find_task_class
+    from cad3d.training.tasks.base import known_tasks
 
     name = model
     if name is None:
@@ -148,7 +149,7 @@ def _known(fn) -> list[str]:
 
 # -- commands ----------------------------------------------------------------------------
 def _cmd_ls(args) -> int:
-    from cad3d.training.checkpoint_verify import list_folder
+    from cad3d.training.inspect import list_folder
 
     rows = list_folder(args.path, check_hash=not args.no_hash)
     if args.json:
@@ -176,7 +177,7 @@ def _dash(v) -> str:
 
 
 def _cmd_inspect(args) -> int:
-    from cad3d.training.checkpoint_verify import inspect_file
+    from cad3d.training.inspect import inspect_file
 
     info = inspect_file(args.path)
     if args.json:
@@ -218,7 +219,7 @@ def _describe(summary, show_all: bool) -> str:
 
 
 def _cmd_verify(args) -> int:
-    from cad3d.training.checkpoint_verify import verify
+    from cad3d.training.verify import verify
 
     report = verify(args.path, forward=not args.no_forward)
     if args.json:
@@ -249,7 +250,7 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_migrate(args) -> int:
-    from cad3d.training.checkpoint_verify import apply_migration, plan_migration
+    from cad3d.training.migrate import apply_migration, plan_migration
 
     if not args.path.is_dir():
         raise CheckpointError(f"{args.path}: not a folder")

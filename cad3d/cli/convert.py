@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cad3d.cli._args import MAX_SAMPLING_STEPS, model_weight_options, positive_int, sampling_steps
+from cad3d.cli._args import converter_options, make_converter, positive_int
 
 
 def add_parser(sub) -> None:
@@ -21,31 +21,16 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["ply", "npy", "obj"], default="ply",
                    help="ply/npy point cloud, or obj mesh reconstructed from the cloud (default ply)")
     p.add_argument("--num-points", type=positive_int, default=None, help="points per cloud (default: the model's)")
-    p.add_argument("--steps", type=sampling_steps, default=50,
-                   help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
-    model_weight_options(p)
-    p.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
-    p.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
+    converter_options(p)
     p.add_argument("--no-preview", action="store_true", help="no PNG previews")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_convert)
 
 
 def _convert(args) -> int:
-    from cad3d.cli._args import weights_path
-    from cad3d.hybrid_vit_diffusion import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, convert_files
+    from cad3d.conversion.batch import convert_files
 
-    converter = HybridCAD3DConverter(
-        device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
-        diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
-        depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
-    )
     report = convert_files(
-        converter, args.inputs, args.output, method=args.method, fmt=args.format, num_points=args.num_points,
+        make_converter(args), args.inputs, args.output, method=args.method, fmt=args.format, num_points=args.num_points,
         steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, seed=args.seed,
         preview=not args.no_preview, progress=not args.no_progress,
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from cad3d.cli._args import MAX_SAMPLING_STEPS, model_weight_options, positive_int, sampling_steps
+from cad3d.cli._args import converter_options, make_converter, positive_int
 
-# cad3d.evaluation.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
+# cad3d.evaluation.evaluate.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
 # (tests/test_cli_args.py checks that the two agree).
 ALL_METHODS = ("diffusion", "vit", "depth", "geometric", "retrieval", "mean")
 
@@ -37,34 +37,19 @@ def add_parser(sub) -> None:
                    help="dataset whose train split the baselines index (default: --data)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="evaluate at most this many drawings")
     p.add_argument("--num-points", type=positive_int, default=None, help="points per predicted cloud (default: as the ground truth)")
-    p.add_argument("--steps", type=sampling_steps, default=50,
-                   help=f"diffusion sampling steps, 1 to {MAX_SAMPLING_STEPS} (default 50)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--examples", type=positive_int, default=4, help="samples shown in eval_examples.png (default 4)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    model_weight_options(p)
-    p.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
-    p.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
+    converter_options(p)
     p.add_argument("--runs", default="trained_models", metavar="DIR",
                    help="plot the loss curves of every training run under DIR (default trained_models/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
 
 def _eval(args) -> int:
-    from cad3d.cli._args import weights_path
-    from cad3d.evaluation import evaluate, render_markdown
-    from cad3d.hybrid_vit_diffusion import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter
+    from cad3d.evaluation.evaluate import evaluate
+    from cad3d.evaluation.report import render_markdown
 
-    converter = HybridCAD3DConverter(
-        device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
-        diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
-        depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
-    )
     report = evaluate(
-        args.data, args.split, args.methods, converter, args.output, train_data=args.train_data,
+        args.data, args.split, args.methods, make_converter(args), args.output, train_data=args.train_data,
         families=args.families, num_points=args.num_points, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, seed=args.seed, max_samples=args.max_samples, num_examples=args.examples,
         runs_dir=args.runs, progress=not args.no_progress,

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
 def _plot(args) -> int:
     from pathlib import Path
 
-    from cad3d.evaluation import EvaluationError, find_runs, plot_loss_curves
+    from cad3d.errors import EvaluationError
+    from cad3d.evaluation.curves import find_runs, plot_loss_curves
 
     root = Path(args.run_dir)
     if not root.is_dir():

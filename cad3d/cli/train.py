@@ -1,6 +1,6 @@
 """`cad3d train MODEL --data DIR ...`: train a registered task with the training engine.
 
-MODEL is any task of the registry (`cad3d.training.task`): the built-in models, plus tasks of
+MODEL is any task of the registry (`cad3d.training.tasks.base`): the built-in models, plus tasks of
 modules named in ``CAD3D_TASK_MODULES``. The task reads its (train, val) datasets from ``--data``
 (`TrainTask.build_datasets`); ``--preset`` picks its config (`TrainTask.presets`) and engine
 defaults (`TrainTask.engine_presets`); flags given explicitly override both.
@@ -79,7 +79,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cad3d.training.engine import TrainingInterrupted, train_model
-    from cad3d.training.task import get_task_class, known_tasks
+    from cad3d.training.tasks.base import get_task_class, known_tasks
 
     try:
         get_task_class(args.model)

@@ -20,24 +20,10 @@ import numpy as np
 import trimesh
 from manifold3d import CrossSection, Manifold, OpType
 
+from cad3d.data.families import FAMILIES
+
 CIRCLE_SEGMENTS = 48
 HOLE_SEGMENTS = 32
-
-FAMILIES: tuple[str, ...] = (
-    "block_with_holes",
-    "plate_hole_pattern",
-    "l_bracket",
-    "u_channel",
-    "t_beam",
-    "i_beam",
-    "stepped_shaft",
-    "tube",
-    "flange_bolt_circle",
-    "gear",
-    "wedge",
-    "hex_nut",
-    "boolean_combo",
-)
 
 
 # -- small helpers ----------------------------------------------------------------------------

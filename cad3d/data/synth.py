@@ -123,7 +123,7 @@ def normalize_mesh(mesh):
     """Copy of ``mesh`` centred at its bounding-box centre and scaled into the unit sphere.
 
     Returns (mesh, {"center": [3], "scale": s}) with ``normalized = (original - center) / scale``:
-    the convention of `cad3d.geometry.ops.normalize`, in numpy so that synthesis workers need
+    the convention of `cad3d.geometry.transforms.normalize`, in numpy so that synthesis workers need
     not import torch (seconds of start-up per worker).
     """
     v = np.asarray(mesh.vertices, dtype=np.float64)

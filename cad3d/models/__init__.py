@@ -1,4 +1,3 @@
-"""Models: plain `nn.Module`s with dataclass configs (VAE, diffusion, ViT, depth).
-
-Seed-000 import paths (e.g. `cad3d.vision_transformer_cad`) stay where users expect them.
-"""
+"""Models: plain `nn.Module`s, each with its dataclass config and presets in one file — `vae`,
+`vit`, `pointnet2_unet`, `diffusion` (schedule and samplers), `image_encoders`,
+`diffusion_model` (the wrapper), `depth_net` and `depth_contract` (the ONNX file contract)."""

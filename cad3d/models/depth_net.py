@@ -6,7 +6,7 @@
 The output is *relative inverse depth*: larger = closer to the eye, defined only up to an
 unknown positive scale and shift on the part (foreground) pixels, and pushed to <= 0 on the
 background (paper) and >= 1 on the part, so thresholding at 0.5 gives a foreground mask. The
-loss that gives it this meaning lives in `cad3d.training.depth_task`; the ONNX export with the
+loss that gives it this meaning lives in `cad3d.training.tasks.depth`; the ONNX export with the
 MiDaS v2.1 small contract in `cad3d.depth_onnx`.
 
 Architecture: ``levels`` stride-2 encoder stages (two 3x3 conv + GroupNorm + ReLU each, channels

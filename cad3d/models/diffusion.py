@@ -111,14 +111,14 @@ class NoiseSchedule(nn.Module):
         a uniform interface with other parameterizations."""
         return noise
 
-    def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_0 implied by a noise prediction: ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
-        abar = _expand(self.alphas_cumprod, t, x_t)  # (B, 1, 1)
-        return (x_t.float() - (1.0 - abar).sqrt() * eps.float()) / abar.sqrt()
-
     def abar_at(self, t: int) -> torch.Tensor:
         """abar_t as a 0-d tensor; ``t = -1`` is the clean sample (1)."""
         return self.alphas_cumprod[t] if t >= 0 else torch.ones((), device=self.alphas_cumprod.device)
+
+
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """x_0 implied by a noise prediction: ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
+    return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
 
 
 def spaced_timesteps(timesteps: int, num_steps: int) -> list[int]:
@@ -150,8 +150,7 @@ class _Sampler:
             yield t, (ts[i + 1] if i + 1 < len(ts) else -1)
 
     def _x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
-        abar = self.schedule.abar_at(t)
-        x0 = (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        x0 = x0_from_eps(x_t, eps, self.schedule.abar_at(t))
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0
@@ -218,7 +217,7 @@ class DDIMSampler(_Sampler):
         for t in ts:
             eps = eps_fn(x, prev if prev >= 0 else t).float()
             abar_from, abar_to = self.schedule.abar_at(prev), self.schedule.abar_at(t)
-            x0_hat = (x - (1.0 - abar_from).sqrt() * eps) / abar_from.sqrt()
+            x0_hat = x0_from_eps(x, eps, abar_from)
             x = abar_to.sqrt() * x0_hat + (1.0 - abar_to).sqrt() * eps
             prev = t
         return x

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cad3d.geometry.ops import ball_query, farthest_point_sample, group_points, knn
+from cad3d.config import config_from_dict
 
 GROUPINGS = ("knn", "ball")
 
@@ -78,8 +79,7 @@ class PointNet2UNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PointNet2UNetConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

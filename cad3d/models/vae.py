@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cad3d.geometry import ops
+from cad3d.geometry.transforms import soft_voxelize
 
 KL_SCHEDULES = ("linear", "cyclic", "constant")
 
@@ -164,9 +165,9 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def voxel_loss(pred: torch.Tensor, target: torch.Tensor, resolution: int, sigma: float | None) -> torch.Tensor:
     """Mean squared difference of soft occupancy grids of pred and target (B, N, 3); scalar."""
-    occ_pred = ops.soft_voxelize(pred, resolution, sigma)  # (B, R, R, R)
+    occ_pred = soft_voxelize(pred, resolution, sigma)  # (B, R, R, R)
     with torch.no_grad():
-        occ_target = ops.soft_voxelize(target, resolution, sigma)  # (B, R, R, R)
+        occ_target = soft_voxelize(target, resolution, sigma)  # (B, R, R, R)
     return F.mse_loss(occ_pred, occ_target)
 
 
@@ -215,8 +216,21 @@ def vae_loss(
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def vae_presets() -> dict[str, VAEConfig]:
+    """"tiny": a CPU model of minutes (512 points, 32-d latent); "full": the default config."""
+    tiny = VAEConfig(
+        num_points=512,
+        latent_dim=32,
+        encoder_dims=(32, 64, 128),
+        decoder_dims=(128, 256),
+        image_size=32,
+        kl_weight_max=1e-4,
+        kl_warmup_epochs=4,
+        kl_cycle_epochs=4,
+        voxel_resolution=8,
+        smooth_queries=128,
+    )
+    return {"tiny": tiny, "full": VAEConfig()}
 
 
 __all__ = [
@@ -227,5 +241,5 @@ __all__ = [
     "voxel_loss",
     "smoothness_loss",
     "vae_loss",
-    "count_parameters",
+    "vae_presets",
 ]

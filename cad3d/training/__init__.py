@@ -1,11 +1,10 @@
-"""Training: one engine, one checkpoint manager; models plug in as tasks.
+"""Training: one engine, one checkpoint manager; every model plugs in as a task.
 
-- `cad3d.training.task`: the contract a model implements (`TrainTask`, `CheckpointSchema`,
-  `StepContext`, the task registry).
-- `cad3d.training.engine`: `EngineConfig` and `Engine(task, train, val, config).fit()` — the loop,
-  precision, resume, signals, DDP; `TrainingInterrupted`.
-- `cad3d.training.checkpoint`: `CheckpointManager`, atomic writes, safe loading.
-- `cad3d.training.sampler` / `cad3d.training.distributed`: data order and torchrun helpers.
+`engine` (the loop: precision, resume, signals, DDP), `rng`, `sampler`, `distributed`;
+`checkpoint_io` (file format, metadata, safe loading), `checkpoint` (the manager), `loader`
+(`load_trained`: the one way to rebuild a trained model), `inspect`, `verify`, `migrate` (the
+``cad3d ckpt`` commands); `tasks/` (one file per model), `trainers` (the reference API's
+facades), `replay` (continual learning), `depth_export` (ONNX).
 
 Nothing is imported here, so importing one part does not pull in the others.
 """

@@ -3,25 +3,13 @@
     engine = Engine(task, train_dataset, val_dataset, EngineConfig(epochs=10, out_dir="trained_models/vae"))
     report = engine.fit()
 
-The engine owns: epochs and steps, AdamW (or the task's optimizer) with a per-step LR schedule
-(linear warm-up, then cosine or constant), gradient clipping, bf16/fp16 autocast (GradScaler for
-fp16), optional torch.compile, seeding, tqdm bars (rank 0), the JSON epoch log (atomic, every
-epoch), optional TensorBoard scalars, the final report, checkpoints through `CheckpointManager`,
-exact resume, SIGTERM/SIGINT handling and DDP under torchrun.
-
-Reproducibility. Model initialisation uses ``seed``; then every rank seeds python, numpy and torch
-with ``seed + rank``. A task's step randomness comes from ``StepContext.generator`` (seeded the
-same way); the data order is `ResumableSampler`'s permutation of (seed, epoch); DataLoader workers
-get seeds derived from (seed, epoch, rank). A checkpoint stores all of these states (as tensors
-and plain values), the position in the epoch and the epoch's running sums, so a CPU run that is
-interrupted and resumed — at an epoch boundary or mid-epoch — ends bit-identical to one that was
-not.
-
-Interruption. SIGTERM/SIGINT set a flag; after the current step the engine saves ``last``
-(``epoch_complete`` False) and `fit` raises `TrainingInterrupted` naming the file (a second signal
-stops at once with KeyboardInterrupt). ``max_steps`` stops the same way but `fit` returns the
-report: mid-epoch it saves ``last``; when the limit falls on an epoch's last step the epoch is
-finished first (validation, log, epoch checkpoints).
+The engine owns epochs and steps, the optimizer and LR schedule, clipping, autocast, compile,
+seeding, progress bars (rank 0), JSON logs, TensorBoard, checkpoints (`CheckpointManager`),
+resume, SIGTERM/SIGINT and DDP under torchrun. Invariants: a task's randomness comes only from
+``StepContext.generator``; the data order is a function of (seed, epoch); every state that
+decides the next step is in the checkpoint, so an interrupted-and-resumed CPU run ends
+bit-identical to an uninterrupted one. A signal saves ``last`` after the current step and `fit`
+raises `TrainingInterrupted`; ``max_steps`` saves the same way and returns the report.
 """
 
 from __future__ import annotations
@@ -30,248 +18,30 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cad3d.devices import resolve_device
-from cad3d.errors import Cad3dError, CheckpointError
+from cad3d.io import atomic_write_json
 from cad3d.training import distributed as D
-from cad3d.training.checkpoint import (
-    CheckpointManager,
-    META_KEY,
-    RESUME_KEY,
-    atomic_write_json,
-    build_metadata,
-    load_checkpoint,
-    load_state_dict_strict,
-)
+from cad3d.training.checkpoint import CheckpointManager
+from cad3d.training.rng import loader_seed, seed_everything, seed_worker
 from cad3d.training.sampler import ResumableSampler
-from cad3d.training.task import StepContext, TrainTask
+from cad3d.training.engine_config import PRECISIONS, EngineConfig, TrainingConfigError, TrainingInterrupted
+from cad3d.training.run_state import EpochSums, Progress, make_grad_scaler, restore_run, run_payload
+from cad3d.training.tasks.base import StepContext, TrainTask
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-RESUME_FORMAT = 1
-
-
-class TrainingConfigError(Cad3dError, ValueError):
-    """An `EngineConfig` (or CLI flag) that cannot work: names the field and the cause."""
-
-
-class TrainingInterrupted(Cad3dError):
-    """Training stopped by SIGTERM/SIGINT after saving a resumable checkpoint.
-
-    ``path`` is the checkpoint written (None on non-writer ranks), ``signal_number`` the signal.
-    The CLI exits with ``128 + signal_number`` (130 for SIGINT, 143 for SIGTERM).
-    """
-
-    def __init__(self, path: Optional[Path], signal_number: int, epoch: int, global_step: int):
-        self.path = path
-        self.signal_number = signal_number
-        self.epoch = epoch
-        self.global_step = global_step
-        name = signal.Signals(signal_number).name
-        where = f"saved {path}" if path else "checkpoint saved by rank 0"
-        super().__init__(
-            f"training interrupted by {name} in epoch {epoch} after step {global_step}; {where}; "
-            "continue with --resume auto"
-        )
-
-
-@dataclass
-class EngineConfig:
-    """How to train (the model's own settings live in the task's config).
-
-    ``batch_size`` is per process: under torchrun the global batch is ``batch_size * world_size``.
-    ``grad_clip`` None or 0 disables clipping. ``resume``: None (fresh: ``out_dir`` must not hold
-    checkpoints of this model yet, unless ``overwrite``), "auto" (newest valid checkpoint in
-    ``out_dir``, else fresh) or a checkpoint path. ``overwrite`` (fresh runs only): first delete
-    ``out_dir``'s checkpoints, epoch log and report of this model. ``keep_last`` None keeps every
-    epoch file.
-    ``max_steps`` stops after that many optimizer steps in total (see the module doc).
-    """
-
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: Optional[float] = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    keep_last: Optional[int] = None
-    resume: Optional[str] = None
-    overwrite: bool = False
-    out_dir: str = "trained_models"
-    log_every: int = 10  # steps between loss updates of the bar / TensorBoard
-    tensorboard: bool = False  # scalars under out_dir/tensorboard
-    scheduler: str = "cosine"  # cosine | none (after warm-up)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    max_steps: Optional[int] = None
-    shuffle: bool = True
-    drop_last: bool = False
-    progress: bool = True  # tqdm bars (rank 0 only)
-    handle_signals: bool = True  # SIGTERM/SIGINT save `last` (main thread only)
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise TrainingConfigError(f"invalid training config: {what}")
-
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.precision in PRECISIONS, f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
-        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
-        need(self.keep_last is None or self.keep_last >= 0, f"keep_last must be >= 0, got {self.keep_last}")
-        need(self.scheduler in ("cosine", "none"), f"scheduler must be cosine or none, got {self.scheduler!r}")
-        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(not (self.overwrite and self.resume), f"overwrite (start fresh) contradicts resume={self.resume!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EngineConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: python/numpy seeds from the worker's torch seed, which the
-    loader derives from its (per-epoch reseeded) generator — so the same for any resume."""
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def _loader_seed(seed: int, epoch: int, rank: int) -> int:
-    return ((seed + 1) * 1_000_003 + epoch * 10_007 + rank) % 2**63
-
-
-# -- RNG states as tensors and plain values (weights_only-loadable) ---------------------------
-def capture_rng(generator: torch.Generator) -> dict:
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": [int(x) for x in np_state["state"]["key"]],
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "step_generator": generator.get_state(),
-    }
-
-
-def restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": n["bit_generator"],
-            "state": {"key": np.asarray(n["key"], dtype=np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = list(state.get("cuda") or [])
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            logger.warning("checkpoint has CUDA RNG states of %d devices, this machine %d: not restored", len(cuda), torch.cuda.device_count())
-    generator.set_state(state["step_generator"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def make_grad_scaler(device: torch.device, precision: str):
-    """GradScaler, enabled for fp16 only. On a torch without a GradScaler for this device, a
-    disabled one (bf16/fp32 need none; fp16 then trains unscaled, with a warning)."""
-    enabled = precision == "fp16"
-    try:
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    except (AttributeError, RuntimeError, TypeError, ValueError) as exc:
-        if enabled:
-            logger.warning("no GradScaler for %s on torch %s (%s): fp16 trains without loss scaling", device.type, torch.__version__, exc)
-        return torch.amp.GradScaler("cuda", enabled=False)
-
-
-class _EpochSums:
-    """Sample-weighted running sums of the train loss and its parts (on the device, float64)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        self.parts: dict[str, torch.Tensor] = {}
-
-    def add(self, loss: torch.Tensor, parts: Mapping[str, Any], n: int) -> None:
-        self.loss += loss.detach().to(torch.float64) * n
-        self.count += n
-        for k, v in parts.items():
-            v = v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
-            self.parts[k] = self.parts.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v.to(self.device) * n
-
-    def state(self) -> dict:
-        return {"loss": self.loss.cpu(), "count": self.count.cpu(), "parts": {k: v.cpu() for k, v in self.parts.items()}}
-
-    def load(self, state: Mapping[str, Any]) -> None:
-        self.loss = state["loss"].to(self.device)
-        self.count = state["count"].to(self.device)
-        self.parts = {k: v.to(self.device) for k, v in state["parts"].items()}
-
-    def means(self, info: D.DistInfo) -> tuple[float, dict[str, float]]:
-        """(mean loss, mean parts) over all ranks."""
-        names = sorted(self.parts)
-        flat = torch.stack([self.loss, self.count] + [self.parts[k] for k in names])
-        D.all_reduce_sum(flat, info)
-        count = max(float(flat[1]), 1.0)
-        values = flat.tolist()
-        return values[0] / count, {k: values[2 + i] / count for i, k in enumerate(names)}
-
-
-@dataclass
-class _Progress:
-    """Where training is: ``epoch`` is the epoch in progress or next to start (1-based)."""
-
-    epoch: int = 1
-    batch_in_epoch: int = 0
-    global_step: int = 0
-    best_metric: Optional[float] = None
-    elapsed: float = 0.0  # training seconds over all runs of this training
-    epoch_elapsed: float = 0.0  # seconds spent in the current epoch before this run
-    epoch_log: list = dataclasses.field(default_factory=list)
-    loss_history: list = dataclasses.field(default_factory=list)
 
 
 class Engine:
@@ -353,7 +123,7 @@ class Engine:
             collate_fn=self.task.collate,
             drop_last=drop_last,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_seed_worker,
+            worker_init_fn=seed_worker,
             generator=torch.Generator(),  # reseeded per epoch: worker seeds independent of resume
         )
 
@@ -414,150 +184,25 @@ class Engine:
             raise TrainingConfigError(f"resume checkpoint {path} does not exist")
         return path
 
-    def _restore(self, path: Path, progress: _Progress, sums: _EpochSums) -> None:
-        task, schema, cfg = self.task, self.task.schema, self.config
-        payload = load_checkpoint(path, map_location="cpu", expected_task=task.name)
-        for name, module in self.modules.items():
-            key = schema.module_keys[name]
-            load_state_dict_strict(module, payload.get(key), path=path, key=key)
-        try:
-            self.optimizer.load_state_dict(payload[schema.optimizer_key])
-            if payload.get(schema.scheduler_key) is not None:
-                self.scheduler.load_state_dict(payload[schema.scheduler_key])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: optimizer/scheduler state ({schema.optimizer_key!r}, {schema.scheduler_key!r}) does not fit this run: {exc}") from None
-        task.load_checkpoint_extras(payload)
-        state = payload.get(RESUME_KEY)
-        if state is None:  # a weights-and-optimizer file of another trainer: continue after it
-            progress.epoch = int(payload.get(schema.epoch_key, 0)) + 1
-            progress.global_step = int(payload.get(schema.step_key, 0) or 0)
-            logger.warning("%s has no resume state: continuing from epoch %d with fresh RNG and data order", path, progress.epoch)
-            return
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        progress.epoch = state["epoch"]
-        progress.batch_in_epoch = state["batch_in_epoch"]
-        progress.global_step = state["global_step"]
-        progress.best_metric = state["best_metric"]
-        progress.elapsed = state["elapsed"]
-        progress.epoch_elapsed = state["epoch_elapsed"]
-        progress.epoch_log = list(state["epoch_log"])
-        progress.loss_history = list(state["loss_history"])
-        self._warn_if_epochs_changed(path, payload, progress)
-        data = state["data"]
-        if (data["batch_size"], data["world_size"], data["seed"]) != (cfg.batch_size, self.dist.world_size, cfg.seed):
-            logger.warning(
-                "resuming with batch size/world size/seed %s instead of %s: the data order and RNG streams differ from the interrupted run",
-                (cfg.batch_size, self.dist.world_size, cfg.seed),
-                (data["batch_size"], data["world_size"], data["seed"]),
-            )
-            if progress.batch_in_epoch * cfg.batch_size > self.sampler.num_samples:
-                progress.batch_in_epoch = self.steps_per_epoch
-        ranks = state["ranks"]
-        if len(ranks) == self.dist.world_size:
-            mine = ranks[self.dist.rank]
-            restore_rng(mine["rng"], self.generator)
-            sums.load(mine["sums"])
-        else:
-            seed_everything(cfg.seed + progress.global_step + self.dist.rank)
-            self.generator.manual_seed(cfg.seed + progress.global_step + self.dist.rank)
-        logger.info("resumed from %s: epoch %d, batch %d, step %d", path, progress.epoch, progress.batch_in_epoch, progress.global_step)
-
-    def _warn_if_epochs_changed(self, path: Path, payload: Mapping[str, Any], progress: _Progress) -> None:
-        """Resuming with another ``epochs`` than the checkpoint's run: say what that does."""
-        if not self.dist.is_main:
-            return
-        meta = payload.get(META_KEY) or {}
-        engine = (meta.get("config") or {}).get("engine") or {}
-        before, now = engine.get("epochs"), self.config.epochs
-        if not isinstance(before, int) or before == now:
-            return
-        done = progress.epoch - 1  # complete epochs
-        logger.warning(
-            "%s was saved by a run of %d epochs; resuming with epochs=%d: the LR schedule is rebuilt for the new "
-            "total of %d epochs (%d steps)", path, before, now, now, self.total_steps,
-        )
-        if progress.epoch > now:  # the loop will not run
-            partial = f" and part of epoch {progress.epoch}" if progress.batch_in_epoch > 0 else ""
-            logger.warning("%s already has %d complete epoch(s)%s; epochs=%d asks for no more: nothing to train",
-                           path, done, partial, now)
-
-    # -- checkpoints ----------------------------------------------------------------------
-    def _payload(self, progress: _Progress, sums: _EpochSums, *, epoch: int, complete: bool, metrics: Mapping[str, float]) -> dict:
-        """The checkpoint dict (all ranks take part: per-rank RNG states are gathered)."""
-        task, schema, cfg = self.task, self.task.schema, self.config
-        rank_state = {"rng": capture_rng(self.generator), "sums": sums.state()}
-        ranks = D.gather_objects(rank_state, self.dist)
-        engine_values = {
-            "loss_history": list(progress.loss_history),
-            "best_metric": progress.best_metric,
-            "task_config": task.config_dict(),
-            "engine_config": cfg.to_dict(),
-        }
-        payload: dict[str, Any] = {schema.epoch_key: epoch, schema.step_key: progress.global_step}
-        for name, module in self.modules.items():
-            payload[schema.module_keys[name]] = module.state_dict()
-        payload[schema.optimizer_key] = self.optimizer.state_dict()
-        payload[schema.scheduler_key] = self.scheduler.state_dict()
-        for key, source in schema.engine_keys.items():
-            payload[key] = engine_values[source] if source in engine_values else metrics.get(source)
-        payload.update(task.checkpoint_extras())
-        payload[META_KEY] = build_metadata(
-            task=task.name,
-            epoch=epoch,
-            global_step=progress.global_step,
-            epoch_complete=complete,
-            metrics=dict(metrics),
-            device=self.device.type,
-            precision=cfg.precision,
-            world_size=self.dist.world_size,
-            seed=cfg.seed,
-            config={"task": task.config_dict(), "engine": cfg.to_dict()},
-        )
-        payload[RESUME_KEY] = {
-            "format": RESUME_FORMAT,
-            "epoch": progress.epoch,
-            "batch_in_epoch": progress.batch_in_epoch,
-            "global_step": progress.global_step,
-            "best_metric": progress.best_metric,
-            "elapsed": progress.elapsed,
-            "epoch_elapsed": progress.epoch_elapsed,
-            "epoch_log": list(progress.epoch_log),
-            "loss_history": list(progress.loss_history),
-            "scaler": self.scaler.state_dict(),
-            "data": {
-                "seed": cfg.seed,
-                "epoch": progress.epoch,
-                "start": progress.batch_in_epoch * cfg.batch_size,
-                "batch_size": cfg.batch_size,
-                "world_size": self.dist.world_size,
-            },
-            "ranks": ranks,
-        }
-        return payload
-
     # -- the loop -------------------------------------------------------------------------
     def _fit(self) -> dict:
-        cfg, task, info = self.config, self.task, self.dist
+        cfg, info = self.config, self.dist
         self._setup()
-        progress = _Progress()
-        sums = _EpochSums(self.device)
+        progress = Progress()
+        sums = EpochSums(self.device)
         resume_path = self._resume_path()
         if resume_path is not None:
-            self._restore(resume_path, progress, sums)
+            restore_run(self, resume_path, progress, sums)
         else:
             seed_everything(cfg.seed + info.rank)
             self.generator.manual_seed(cfg.seed + info.rank)
         modules = self._wrap()
-        autocast_dtype = PRECISIONS[cfg.precision]
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._last_tick = time.time()
         if info.is_main:
             logger.info(
                 "training %s on %s (%s, world size %d): epochs %d, %d steps/epoch, batch %d/process",
-                task.name, self.device, cfg.precision, info.world_size, cfg.epochs, self.steps_per_epoch, cfg.batch_size,
+                self.task.name, self.device, cfg.precision, info.world_size, cfg.epochs, self.steps_per_epoch, cfg.batch_size,
             )
-
         completed = False
         at_limit = cfg.max_steps is not None and progress.global_step >= cfg.max_steps
         if at_limit:
@@ -565,118 +210,144 @@ class Engine:
         while progress.epoch <= cfg.epochs and not at_limit:
             epoch = progress.epoch
             epoch_start = time.time() - progress.epoch_elapsed
-            task.on_epoch_start(epoch, cfg.epochs)
-            if hasattr(self.train_dataset, "set_epoch"):
-                self.train_dataset.set_epoch(epoch)
-            self.sampler.set_epoch(epoch)
-            self.sampler.set_start(min(progress.batch_in_epoch * cfg.batch_size, self.sampler.num_samples))
-            self.loader.generator.manual_seed(_loader_seed(cfg.seed, epoch, info.rank))
-            for m in self.modules.values():
-                m.train()
-            bar = tqdm(
-                total=self.steps_per_epoch,
-                initial=progress.batch_in_epoch,
-                desc=f"{task.name} epoch {epoch}/{cfg.epochs}",
-                disable=not (cfg.progress and info.is_main),
-                leave=False,
-                dynamic_ncols=True,
-            )
-            stop = None
-            batches = iter(self.loader) if progress.batch_in_epoch < self.steps_per_epoch else iter(())
-            for batch in batches:
-                ctx = StepContext(epoch, progress.global_step, self.device, self.generator, cfg.precision, info.world_size, info.rank)
-                batch = task.to_device(batch, self.device)
-                with torch.amp.autocast(device_type=self.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    loss, parts = task.training_step(modules, batch, ctx)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                with warnings.catch_warnings():  # fp16: a step skipped for inf grads still counts
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                    self.scheduler.step()
-                sums.add(loss, parts, task.batch_size_of(batch))
-                progress.batch_in_epoch += 1
-                progress.global_step += 1
-                bar.update(1)
-                if progress.global_step % cfg.log_every == 0 and info.is_main:
-                    value = float(loss.detach())
-                    bar.set_postfix(loss=f"{value:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
-                    if self._tb is not None:
-                        self._tb.add_scalar("train/loss_step", value, progress.global_step)
-                        self._tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], progress.global_step)
-                stop = self._stop_reason(progress)
-                if stop == "signal" or (stop == "max_steps" and progress.batch_in_epoch < self.steps_per_epoch):
-                    break
-            bar.close()
+            stop = self._train_epoch(epoch, modules, progress, sums)
             if stop == "signal" or (stop == "max_steps" and progress.batch_in_epoch < self.steps_per_epoch):
-                progress.epoch_elapsed = time.time() - epoch_start
-                self._tick(progress)
-                payload = self._payload(progress, sums, epoch=epoch, complete=False, metrics={})
-                path = self.manager.save_last(payload, epoch=epoch, global_step=progress.global_step)
-                D.barrier(info)
-                if stop == "signal":
-                    if info.is_main:
-                        logger.warning("stopped by %s after step %d; saved %s", signal.Signals(self._stop_signal).name, progress.global_step, path)
-                    raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
-                if info.is_main:
-                    logger.info("reached max_steps=%d in epoch %d; saved %s", cfg.max_steps, epoch, path)
+                self._stop_mid_epoch(stop, epoch, epoch_start, progress, sums)
                 break
-
-            # -- epoch end: validate, log, checkpoint --
-            train_loss, parts = sums.means(info)
-            metrics = {"train_loss": train_loss, **self._validate(epoch)}
-            monitor = metrics.get(task.schema.monitor)
-            if monitor is not None and not math.isnan(monitor):
-                better = progress.best_metric is None or (monitor < progress.best_metric if task.schema.mode == "min" else monitor > progress.best_metric)
-                if better:
-                    progress.best_metric = float(monitor)
-            lr = self.scheduler.get_last_lr()[0]
-            entry = {"epoch": epoch, "global_step": progress.global_step, **metrics, "parts": parts, "lr": lr,
-                     "time": time.time() - epoch_start, **task.epoch_log_extras()}
-            progress.epoch_log.append(entry)
-            progress.loss_history.append(train_loss)
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-            progress.epoch_elapsed = 0.0
-            sums = _EpochSums(self.device)
-            if info.is_main:
-                self._log_epoch(entry, progress.epoch_log)
-            self._tick(progress)
-            payload = self._payload(progress, sums, epoch=epoch, complete=True, metrics=metrics)
-            self.manager.save_epoch(payload, epoch=epoch, global_step=progress.global_step, metrics=metrics)
-            D.barrier(info)
-            stop = self._stop_reason(progress)  # also a signal that came during validation
-            if stop == "signal":
-                path = self.out_dir / task.schema.last_file if info.is_main else None
-                if info.is_main:
-                    logger.warning("stopped by %s at the end of epoch %d; saved %s", signal.Signals(self._stop_signal).name, epoch, path)
-                raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
-            if stop == "max_steps":
+            sums = self._end_epoch(epoch, epoch_start, progress, sums)
+            if self._stop_reason(progress) == "max_steps":
                 logger.info("reached max_steps=%d at the end of epoch %d", cfg.max_steps, epoch)
                 break
         else:
             completed = not at_limit
+        return self._finish(progress, sums, completed)
 
+    def _train_epoch(self, epoch: int, modules: dict[str, nn.Module], progress: Progress, sums: EpochSums) -> Optional[str]:
+        """Train the rest of ``epoch``; returns why it stopped early ("signal", "max_steps") or None."""
+        cfg, task, info = self.config, self.task, self.dist
+        task.on_epoch_start(epoch, cfg.epochs)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(min(progress.batch_in_epoch * cfg.batch_size, self.sampler.num_samples))
+        self.loader.generator.manual_seed(loader_seed(cfg.seed, epoch, info.rank))
+        for m in self.modules.values():
+            m.train()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=progress.batch_in_epoch,
+            desc=f"{task.name} epoch {epoch}/{cfg.epochs}",
+            disable=not (cfg.progress and info.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        stop = None
+        batches = iter(self.loader) if progress.batch_in_epoch < self.steps_per_epoch else iter(())
+        for batch in batches:
+            ctx = StepContext(epoch, progress.global_step, self.device, self.generator, cfg.precision, info.world_size, info.rank)
+            batch = task.to_device(batch, self.device)
+            loss, parts = self._step(modules, batch, ctx)
+            sums.add(loss, parts, task.batch_size_of(batch))
+            progress.batch_in_epoch += 1
+            progress.global_step += 1
+            bar.update(1)
+            if progress.global_step % cfg.log_every == 0 and info.is_main:
+                value = float(loss.detach())
+                bar.set_postfix(loss=f"{value:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
+                if self._tb is not None:
+                    self._tb.add_scalar("train/loss_step", value, progress.global_step)
+                    self._tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], progress.global_step)
+            stop = self._stop_reason(progress)
+            if stop == "signal" or (stop == "max_steps" and progress.batch_in_epoch < self.steps_per_epoch):
+                break
+        bar.close()
+        return stop
+
+    def _step(self, modules: dict[str, nn.Module], batch: Any, ctx: StepContext) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        """One optimizer step: forward under autocast, (scaled) backward, clipping, step, LR."""
+        cfg = self.config
+        autocast_dtype = PRECISIONS[cfg.precision]
+        with torch.amp.autocast(device_type=self.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss, parts = self.task.training_step(modules, batch, ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with warnings.catch_warnings():  # fp16: a step skipped for inf grads still counts
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
+        return loss, parts
+
+    def _stop_mid_epoch(self, stop: str, epoch: int, epoch_start: float, progress: Progress, sums: EpochSums) -> None:
+        """Save ``*_last`` mid-epoch; a signal then ends training with `TrainingInterrupted`."""
+        info = self.dist
+        progress.epoch_elapsed = time.time() - epoch_start
+        self._tick(progress)
+        payload = run_payload(self, progress, sums, epoch=epoch, complete=False, metrics={})
+        path = self.manager.save_last(payload, epoch=epoch, global_step=progress.global_step)
+        D.barrier(info)
+        if stop == "signal":
+            if info.is_main:
+                logger.warning("stopped by %s after step %d; saved %s", signal.Signals(self._stop_signal).name, progress.global_step, path)
+            raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
+        if info.is_main:
+            logger.info("reached max_steps=%d in epoch %d; saved %s", self.config.max_steps, epoch, path)
+
+    def _end_epoch(self, epoch: int, epoch_start: float, progress: Progress, sums: EpochSums) -> EpochSums:
+        """Validate, log and checkpoint a finished epoch; returns the next epoch's sums. A signal
+        that came meanwhile ends training with `TrainingInterrupted` after the save."""
+        task, info = self.task, self.dist
+        train_loss, parts = sums.means(info)
+        metrics = {"train_loss": train_loss, **self._validate(epoch)}
+        monitor = metrics.get(task.schema.monitor)
+        if monitor is not None and not math.isnan(monitor):
+            better = progress.best_metric is None or (monitor < progress.best_metric if task.schema.mode == "min" else monitor > progress.best_metric)
+            if better:
+                progress.best_metric = float(monitor)
+        lr = self.scheduler.get_last_lr()[0]
+        entry = {"epoch": epoch, "global_step": progress.global_step, **metrics, "parts": parts, "lr": lr,
+                 "time": time.time() - epoch_start, **task.epoch_log_extras()}
+        progress.epoch_log.append(entry)
+        progress.loss_history.append(train_loss)
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        progress.epoch_elapsed = 0.0
+        sums = EpochSums(self.device)
+        if info.is_main:
+            self._log_epoch(entry, progress.epoch_log)
+        self._tick(progress)
+        payload = run_payload(self, progress, sums, epoch=epoch, complete=True, metrics=metrics)
+        self.manager.save_epoch(payload, epoch=epoch, global_step=progress.global_step, metrics=metrics)
+        D.barrier(info)
+        if self._stop_reason(progress) == "signal":  # also a signal that came during validation
+            path = self.out_dir / task.schema.last_file if info.is_main else None
+            if info.is_main:
+                logger.warning("stopped by %s at the end of epoch %d; saved %s", signal.Signals(self._stop_signal).name, epoch, path)
+            raise TrainingInterrupted(path, self._stop_signal, epoch, progress.global_step)
+        return sums
+
+    def _finish(self, progress: Progress, sums: EpochSums, completed: bool) -> dict:
+        """The training report; a completed run also saves its final checkpoint and report file."""
+        info = self.dist
         self._tick(progress)
         report = self._report(progress, completed)
         if completed:
-            final = self._payload(progress, sums, epoch=progress.epoch - 1, complete=True, metrics=self._last_metrics(progress))
+            final = run_payload(self, progress, sums, epoch=progress.epoch - 1, complete=True, metrics=self._last_metrics(progress))
             self.manager.save_final(final)
-            if info.is_main and task.schema.report_file:
-                atomic_write_json(self.out_dir / task.schema.report_file, report)
+            if info.is_main and self.task.schema.report_file:
+                atomic_write_json(self.out_dir / self.task.schema.report_file, report)
             D.barrier(info)
         return report
 
-    def _tick(self, progress: _Progress) -> None:
+    def _tick(self, progress: Progress) -> None:
         now = time.time()
         progress.elapsed += now - self._last_tick
         self._last_tick = now
 
-    def _stop_reason(self, progress: _Progress) -> Optional[str]:
+    def _stop_reason(self, progress: Progress) -> Optional[str]:
         signalled = D.any_rank(self._stop_signal is not None, self.dist, self.device)
         if signalled:
             if self._stop_signal is None:  # another rank got it
@@ -686,7 +357,7 @@ class Engine:
             return "max_steps"
         return None
 
-    def _last_metrics(self, progress: _Progress) -> dict[str, float]:
+    def _last_metrics(self, progress: Progress) -> dict[str, float]:
         if not progress.epoch_log:
             return {}
         return {k: v for k, v in progress.epoch_log[-1].items() if isinstance(v, float) and k not in ("lr", "time")}
@@ -700,8 +371,8 @@ class Engine:
         for m in self.modules.values():
             m.eval()
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(_loader_seed(cfg.seed, epoch, self.dist.rank) + 1)  # the same in any run
-        self.val_loader.generator.manual_seed(_loader_seed(cfg.seed, epoch, self.dist.rank) + 2)
+        generator.manual_seed(loader_seed(cfg.seed, epoch, self.dist.rank) + 1)  # the same in any run
+        self.val_loader.generator.manual_seed(loader_seed(cfg.seed, epoch, self.dist.rank) + 2)
         dtype = PRECISIONS[cfg.precision]
         sums: dict[str, float] = {}
         count = 0
@@ -737,7 +408,7 @@ class Engine:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float) and k != "time")
         logger.info("epoch %d: %s (%.1fs)", entry["epoch"], shown, entry["time"])
 
-    def _report(self, progress: _Progress, completed: bool) -> dict:
+    def _report(self, progress: Progress, completed: bool) -> dict:
         cfg, task = self.config, self.task
         report = {
             "model": task.display_name or task.name,
@@ -801,7 +472,7 @@ def train_model(model: str, data_dir: str | os.PathLike, *, preset: str = "tiny"
     preset's engine settings, ``task_overrides`` fields of the task's config (a dataclass);
     ``out_dir`` defaults to ``trained_models/<model>``. Returns the training report."""
     from cad3d.errors import DatasetError
-    from cad3d.training.task import get_task_class
+    from cad3d.training.tasks.base import get_task_class
 
     task_cls = get_task_class(model)
     presets = task_cls.presets()

@@ -1,13 +1,13 @@
-"""The image-conditioned diffusion model as a training task, and its replay buffer.
+"""The image-conditioned diffusion model as a training task (its loss, metrics, checkpoint schema).
 
     cad3d train diffusion --data training_data/diffusion_synthetic --preset tiny
 
 writes ``trained_models/diffusion/``: ``diffusion_epoch_N.pth`` every ``save_every`` epochs,
-``diffusion_best.pth`` (lowest train loss: seed 000's ``best_loss``), ``diffusion_last.pth`` (each
+``diffusion_best.pth`` (lowest train loss: the reference layout's ``best_loss``), ``diffusion_last.pth`` (each
 epoch, for resume) and ``training_report.json`` (model "3D Diffusion Model", architecture "DDPM
 with U-Net + PointNet++", replay_buffer_size, hyperparameters with timesteps, num_points,
 learning_rate, ...). Checkpoint keys: epoch, global_step, image_encoder_state, unet_state,
-optimizer_state, scheduler_state, loss, best_loss, loss_history (seed 000), plus ``model_config``
+optimizer_state, scheduler_state, loss, best_loss, loss_history (reference layout), plus ``model_config``
 (plain dict), ``replay_buffer`` (tensors) and the engine's ``cad3d_meta``/``cad3d_resume``.
 
 Randomness of a step (timesteps, noise, condition dropout) comes from ``ctx.generator``; the
@@ -25,101 +25,12 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from cad3d.diffusion_3d_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets
+from cad3d.config import config_from_dict
 from cad3d.models.diffusion import NoiseSchedule
-from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
-
-
-class ReplayBuffer:
-    """Reservoir of (image, cloud) pairs: after ``seen`` offers, each offered pair is kept with
-    probability ``capacity / seen`` (Vitter's algorithm R), so the buffer is a uniform sample of
-    everything trained on, old data included — the memory for continual learning.
-
-    Images are stored as uint8 (1/255 steps; drawings are [0, 1] grey values), clouds as float32,
-    on the CPU. All decisions come from the buffer's own CPU ``torch.Generator``; `state_dict`
-    (tensors only) holds it, so a restored buffer continues exactly.
-    """
-
-    def __init__(self, capacity: int, seed: int = 0):
-        if capacity < 0:
-            raise ValueError(f"replay buffer capacity must be >= 0, got {capacity}")
-        self.capacity = int(capacity)
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.images: Optional[torch.Tensor] = None  # (capacity, C, H, W) uint8
-        self.points: Optional[torch.Tensor] = None  # (capacity, N, 3) float32
-        self.size = 0
-        self.seen = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, images: torch.Tensor, points: torch.Tensor) -> None:
-        """Offer a batch: images (B, C, H, W) in [0, 1], points (B, N, 3)."""
-        if self.capacity == 0:
-            return
-        B = images.shape[0]
-        if self.images is None:
-            self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
-            self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
-        elif images.shape[1:] != self.images.shape[1:] or points.shape[1:] != self.points.shape[1:]:
-            raise ValueError(
-                f"replay buffer holds images {tuple(self.images.shape[1:])} and clouds {tuple(self.points.shape[1:])}, "
-                f"got {tuple(images.shape[1:])} and {tuple(points.shape[1:])}"
-            )
-        # Slot of each offered sample: the next free one while filling, then a uniform draw in
-        # [0, seen] that keeps it if < capacity. A later sample of the batch that draws the same
-        # slot overwrites the earlier one, as in the sequential algorithm.
-        chosen: dict[int, int] = {}  # slot -> index in the batch
-        for i in range(B):
-            if self.seen < self.capacity:
-                chosen[self.seen] = i
-            else:
-                j = int(torch.randint(0, self.seen + 1, (1,), generator=self.generator))
-                if j < self.capacity:
-                    chosen[j] = i
-            self.seen += 1
-        if chosen:
-            dst = torch.tensor(list(chosen.keys()))
-            src = torch.tensor(list(chosen.values()))
-            self.images[dst] = (images.detach()[src.to(images.device)].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-            self.points[dst] = points.detach()[src.to(points.device)].float().cpu()
-        self.size = min(self.capacity, self.seen)
-
-    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k pairs drawn uniformly with replacement: images (k, C, H, W) float32, points (k, N, 3)."""
-        if self.size == 0:
-            raise ValueError("cannot sample an empty replay buffer")
-        idx = torch.randint(0, self.size, (k,), generator=self.generator)
-        return self.images[idx].float() / 255.0, self.points[idx].clone()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (weights_only loadable)."""
-        n = self.size
-        return {
-            "capacity": torch.tensor(self.capacity),
-            "size": torch.tensor(n),
-            "seen": torch.tensor(self.seen),
-            "generator": self.generator.get_state(),
-            "images": self.images[:n].clone() if self.images is not None else torch.zeros(0, dtype=torch.uint8),
-            "points": self.points[:n].clone() if self.points is not None else torch.zeros(0),
-        }
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore a `state_dict`. A saved buffer larger than this capacity keeps its first
-        ``capacity`` pairs (a uniform sample of a uniform sample)."""
-        n = min(int(state["size"]), self.capacity)
-        self.seen = int(state["seen"])
-        self.generator.set_state(state["generator"])
-        self.size = n
-        if n == 0 or state["images"].dim() < 2:
-            self.images = self.points = None
-            self.size = 0
-            return
-        images, points = state["images"], state["points"]
-        self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
-        self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
-        self.images[:n] = images[:n]
-        self.points[:n] = points[:n].float()
+from cad3d.models.diffusion_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets
+from cad3d.training.replay import ReplayBuffer
+from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.splits import split_datasets
 
 
 @dataclass
@@ -155,6 +66,7 @@ class DiffusionTask(TrainTask):
     name = "diffusion"
     display_name = "3D Diffusion Model"
     architecture = "DDPM with U-Net + PointNet++"
+    model_config_class = DiffusionConfig
     config_class = DiffusionTaskConfig
     schema = CheckpointSchema(
         model="diffusion",
@@ -190,8 +102,8 @@ class DiffusionTask(TrainTask):
 
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> "DiffusionTask":
-        names = {f.name for f in dataclasses.fields(DiffusionTaskConfig)}
-        return cls(DiffusionTaskConfig(**{k: v for k, v in d.items() if k in names}))
+        return cls(config_from_dict(DiffusionTaskConfig, d))
+
 
     @classmethod
     def presets(cls) -> dict[str, DiffusionTaskConfig]:
@@ -210,25 +122,24 @@ class DiffusionTask(TrainTask):
 
     # -- data --------------------------------------------------------------------------
     def build_datasets(self, data_dir: Path, *, seed: int = 0):
-        """(train, val) of a dataset folder (its splits), or all samples and no val without a
-        manifest."""
-        from cad3d.data.dataset import CAD2D3DDataset, read_manifests
+        from cad3d.data.dataset import CAD2D3DDataset
 
         m = self.config.model
-        kw = dict(image_size=m.image_size, num_points=m.num_points, seed=seed)
-        entries = read_manifests(Path(data_dir))
-        if entries is None:
-            return CAD2D3DDataset(data_dir, augment=self.config.augment, split=None, **kw), None
-        train = CAD2D3DDataset(data_dir, augment=self.config.augment, split="train", **kw)
-        has_val = any(e.get("split") == "val" for e in entries)
-        val = CAD2D3DDataset(data_dir, augment=False, split="val", **kw) if has_val else None
-        return train, val
+        return split_datasets(data_dir, lambda split, augment: CAD2D3DDataset(
+            data_dir, augment=augment and self.config.augment, split=split, image_size=m.image_size,
+            num_points=m.num_points, seed=seed))
 
     # -- model -------------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
         if self.model is None:
             self.model = Diffusion3DModel(self.config.model)
         return {"image_encoder": self.model.image_encoder, "unet": self.model.unet}
+
+    def inference_model(self, modules: Mapping[str, nn.Module]) -> Diffusion3DModel:
+        """The `Diffusion3DModel` around ``modules`` (the networks `build_modules` made)."""
+        if self.model is None or self.model.unet is not modules["unet"] or self.model.image_encoder is not modules["image_encoder"]:
+            raise ValueError("inference_model needs the modules this task built")
+        return self.model
 
     def schedule(self, device: torch.device) -> NoiseSchedule:
         if self._schedule is None or self._schedule.betas.device != torch.device(device):
@@ -298,4 +209,4 @@ class DiffusionTask(TrainTask):
             return modules["unet"](points, t, feats.vector, feats.tokens)  # (B, N, 3)
 
 
-__all__ = ["DiffusionTask", "DiffusionTaskConfig", "ReplayBuffer"]
+__all__ = ["DiffusionTask", "DiffusionTaskConfig"]

@@ -7,7 +7,7 @@ writes ``trained_models/depth/``: ``depth_epoch_N.pth``, ``depth_best.pth`` (low
 epoch, global_step, model_state, optimizer_state, scheduler_state, val_loss, loss_history,
 model_config (+ the engine's ``cad3d_meta`` / resume state). At the end of training the final
 network is exported to ONNX (``config.onnx_path``, default ``models/cad3d_depth_256.onnx``, with
-the MiDaS v2.1 small contract; see `cad3d.depth_onnx`); the report's ``onnx`` field says where,
+the MiDaS v2.1 small contract; see `cad3d.models.depth_contract`); the report's ``onnx`` field says where,
 and how closely onnxruntime matched PyTorch.
 
 Target and loss. MiDaS-style models output relative inverse depth (larger = closer, unknown scale
@@ -28,7 +28,6 @@ and shift), so ours learns the same thing from the rendered camera depth ``c_z``
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,10 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cad3d.data.dataset import index_dataset, load_depth, load_drawing, read_manifests
+from cad3d.config import config_from_dict
+from cad3d.data.dataset import index_dataset, load_depth, load_drawing
 from cad3d.errors import DatasetError
 from cad3d.models.depth_net import DepthNet, DepthNetConfig
-from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.splits import split_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -172,12 +173,9 @@ class DepthTask(TrainTask):
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> "DepthTask":
         d = dict(d)
-        model = d.get("model")
-        if isinstance(model, Mapping):
-            names = {f.name for f in dataclasses.fields(DepthNetConfig)}
-            d["model"] = DepthNetConfig(**{k: v for k, v in model.items() if k in names})
-        names = {f.name for f in dataclasses.fields(DepthTaskConfig)}
-        return cls(DepthTaskConfig(**{k: v for k, v in d.items() if k in names}))
+        if isinstance(d.get("model"), Mapping):
+            d["model"] = config_from_dict(DepthNetConfig, d["model"])
+        return cls(config_from_dict(DepthTaskConfig, d))
 
     # -- presets / data ----------------------------------------------------------------
     @classmethod
@@ -195,14 +193,8 @@ class DepthTask(TrainTask):
     def build_datasets(self, data_dir: Path, *, seed: int = 0):
         """(train, val): the folder's train/val splits, or all samples and no val without a manifest."""
         cfg = self.config
-        common = dict(image_size=cfg.model.image_size, seed=seed)
-        manifests = read_manifests(Path(data_dir))
-        if manifests is None:
-            return DrawingDepthDataset(data_dir, augment=cfg.augment, **common), None
-        train = DrawingDepthDataset(data_dir, augment=cfg.augment, split="train", **common)
-        has_val = any(e.get("split") == "val" for e in manifests)
-        val = DrawingDepthDataset(data_dir, augment=False, split="val", **common) if has_val else None
-        return train, val
+        return split_datasets(data_dir, lambda split, augment: DrawingDepthDataset(
+            data_dir, image_size=cfg.model.image_size, augment=augment and cfg.augment, split=split, seed=seed))
 
     # -- model / steps ------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
@@ -225,10 +217,10 @@ class DepthTask(TrainTask):
         """Exports the trained network to ``config.onnx_path`` (rank 0; the engine calls this
         once, at the end of training, with the final weights). An export failure does not lose
         the training: it is logged and reported under ``onnx.error`` (retry with
-        `cad3d.depth_onnx.export_depth_checkpoint` on ``depth_best.pth``)."""
+        `cad3d.training.depth_export.export_depth_checkpoint` on ``depth_best.pth``)."""
         if not self.config.onnx_path or self._model is None or self._rank != 0 or os.environ.get("RANK", "0") != "0":
             return {"onnx": None}
-        from cad3d.depth_onnx import export_depth_onnx
+        from cad3d.training.depth_export import export_depth_onnx
 
         try:
             result = export_depth_onnx(self._model, self.config.onnx_path, extra_info={"task_config": self.config_dict()})

@@ -1,5 +1,5 @@
-"""Checks and repairs of checkpoint folders: `verify` (the checks of seed 002), `summarize`
-(what ``cad3d ckpt ls/inspect`` show) and `plan_migration`/`apply_migration` (old layouts to ours).
+"""``cad3d ckpt verify``: checks of a checkpoint file or folder (loadable, hashes, restore, a
+forward pass, epoch/loss progression, weights changed between epochs, log consistency).
 
 Everything here loads with ``weights_only`` on CPU; nothing prints (the CLI does).
 """
@@ -10,132 +10,34 @@ import collections
 import json
 import logging
 import math
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from cad3d.errors import CheckpointError
-from cad3d.training.checkpoint import (
-    MANIFEST_NAME,
-    META_KEY,
-    CheckpointManager,
-    _check_structure,
-    _load_mmap,
-    _torch_load,
+from cad3d.training.checkpoint import epoch_file_pattern, iter_checkpoint_files
+from cad3d.training.checkpoint_io import (
     accepted_hashes,
-    build_metadata,
-    epoch_file_pattern,
-    iter_checkpoint_files,
-    load_state_dict_strict,
-    plain,
+    _check_structure,
+    is_state_dict,
+    MANIFEST_NAME,
     read_manifest,
     sha256_file,
+    _torch_load,
     zip_crc_ok,
 )
-from cad3d.training.task import CheckpointSchema, TrainTask, get_task_class
+from cad3d.training.loader import load_trained
+from cad3d.training.tasks.base import CheckpointSchema, TrainTask, find_task_class
 
 logger = logging.getLogger(__name__)
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
-def find_task_class(name: str | None) -> type[TrainTask] | None:
-    """The registered task class, or None when unknown (or its module fails to import)."""
-    if not name:
-        return None
-    try:
-        return get_task_class(name)
-    except (KeyError, ImportError) as exc:
-        logger.debug("task %r not available: %s", name, exc)
-        return None
-
-
-# ---------------------------------------------------------------------------------------
-# summaries (ls / inspect)
-# ---------------------------------------------------------------------------------------
-def summarize_value(value: Any) -> Any:
-    """A JSON-able description of a payload value: tensors as shape/dtype, state dicts as
-    counts, plain values as themselves (long lists shortened)."""
-    if isinstance(value, torch.Tensor):
-        return {"tensor": list(value.shape), "dtype": str(value.dtype).replace("torch.", ""), "numel": value.numel()}
-    if isinstance(value, Mapping):
-        tensors = [v for v in value.values() if isinstance(v, torch.Tensor)]
-        if tensors and len(tensors) == len(value):
-            dtypes = collections.Counter(str(t.dtype).replace("torch.", "") for t in tensors)
-            return {
-                "state_dict": len(tensors),
-                "params": sum(t.numel() for t in tensors),
-                "bytes": sum(t.numel() * t.element_size() for t in tensors),
-                "dtypes": dict(dtypes),
-                "tensors": {str(k): [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in value.items()},
-            }
-        return {str(k): summarize_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        if len(value) > 8:
-            return {"list": len(value), "first": [summarize_value(v) for v in value[:3]], "last": summarize_value(value[-1])}
-        return [summarize_value(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return repr(value)
-
-
-def inspect_file(path) -> dict:
-    """Metadata and a summary of every key of a checkpoint, without loading its weights onto
-    any device (memory-mapped on CPU)."""
-    path = Path(path)
-    payload = _load_mmap(path)
-    meta = _check_structure(payload, path, None)
-    return {
-        "file": str(path),
-        "size": path.stat().st_size,
-        "meta": plain(meta),
-        "keys": {str(k): summarize_value(v) for k, v in payload.items() if k != META_KEY},
-    }
-
-
-def list_folder(directory, *, check_hash: bool = True) -> list[dict]:
-    """One row per checkpoint file: name, kind, epoch, step, metrics, size, sha status, created,
-    error. ``sha`` is "ok", "BAD", "?" (not in the manifest) or "-" (not checked)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a folder")
-    manifest = read_manifest(directory)["files"]
-    rows = []
-    for path in iter_checkpoint_files(directory):
-        row: dict[str, Any] = {"file": path.name, "size": path.stat().st_size}
-        try:
-            meta = _check_structure(_load_mmap(path), path, None)
-            row.update(
-                kind=meta.get("file_kind"),
-                epoch=meta.get("epoch"),
-                step=meta.get("global_step"),
-                complete=meta.get("epoch_complete"),
-                metrics=meta.get("metrics") or {},
-                created=meta.get("created"),
-                task=meta.get("task"),
-                error=None,
-            )
-        except CheckpointError as exc:
-            row.update(kind="?", epoch=None, step=None, complete=None, metrics={}, created=None, task=None, error=str(exc))
-        entry = manifest.get(path.name)
-        if not check_hash:
-            row["sha"] = "-"
-        elif entry is None:
-            row["sha"] = "?"
-        else:
-            row["sha"] = "ok" if sha256_file(path) in accepted_hashes(entry) else "BAD"
-        rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------------------------------
-# verify
-# ---------------------------------------------------------------------------------------
 @dataclass
 class CheckResult:
     name: str
@@ -172,7 +74,7 @@ def _epoch_sort_key(item: _Loaded):
 
 def _module_tensors(payload: Mapping[str, Any], schema: CheckpointSchema | None) -> dict[str, torch.Tensor]:
     """Floating tensors of the module state dicts, keyed "<key>.<param>"."""
-    keys = list(schema.module_keys.values()) if schema else [k for k, v in payload.items() if _is_state_dict(v)]
+    keys = list(schema.module_keys.values()) if schema else [k for k, v in payload.items() if is_state_dict(v)]
     out = {}
     for key in keys:
         sd = payload.get(key)
@@ -183,12 +85,8 @@ def _module_tensors(payload: Mapping[str, Any], schema: CheckpointSchema | None)
     return out
 
 
-def _is_state_dict(v: Any) -> bool:
-    return isinstance(v, Mapping) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
-
-
 def verify(path, *, forward: bool = True) -> VerifyReport:
-    """Run the seed-002 checks on a checkpoint file or folder; each is PASS, FAIL or SKIP with a
+    """Run the checks on a checkpoint file or folder; each is PASS, FAIL or SKIP with a
     reason: loadable, hash, restore, forward, progression, weights_change, log_consistency."""
     path = Path(path)
     report = VerifyReport(str(path))
@@ -281,25 +179,9 @@ def _check_hashes(report: VerifyReport, folder: Path, files: list[Path]) -> None
         report.add("hash", PASS, f"{good} file(s) match {MANIFEST_NAME}")
 
 
-def task_config(meta: Mapping[str, Any]) -> dict:
-    """The task's config dict in a checkpoint's metadata: the engine stores
-    ``{"task": ..., "engine": ...}``; migrated files store the task config itself."""
-    config = meta.get("config") or {}
-    if isinstance(config.get("task"), Mapping):
-        return dict(config["task"])
-    return dict(config)
-
-
 def _restore(item: _Loaded, task_cls: type[TrainTask]) -> tuple[TrainTask, dict[str, nn.Module]]:
-    task = task_cls.from_config_dict(task_config(item.meta))
-    modules = task.build_modules()
-    for name, key in task_cls.schema.module_keys.items():
-        if key not in item.payload:
-            raise CheckpointError(f"{item.path}: no {key!r} (state dict of module {name!r})")
-        if name not in modules:
-            raise CheckpointError(f"{item.path}: task {task_cls.name!r} builds no module {name!r}")
-        load_state_dict_strict(modules[name], item.payload[key], path=item.path, key=key)
-    return task, modules
+    trained = load_trained(item.path, kind=task_cls.name, payload=item.payload)
+    return trained.task, trained.modules
 
 
 def _check_restore_and_forward(report, loaded: list[_Loaded], task_name, task_cls, forward: bool) -> None:
@@ -492,201 +374,3 @@ def _check_log(report, folder: Path, epochs: list[_Loaded], loaded: list[_Loaded
         report.add("log_consistency", PASS, detail)
 
 
-# ---------------------------------------------------------------------------------------
-# migrate
-# ---------------------------------------------------------------------------------------
-@dataclass
-class MigrationStep:
-    source: Path
-    target: Path | None
-    action: str  # "rename" | "add-metadata" | "rename+add-metadata" | "record" | "skip" | "refuse"
-    reason: str
-    kind: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-
-    def describe(self) -> str:
-        if self.action in ("skip", "refuse"):
-            return f"{self.action.upper():<20} {self.source.name}: {self.reason}"
-        target = self.target.name if self.target else "-"
-        arrow = f"{self.source.name} -> {target}" if self.target and self.target != self.source else self.source.name
-        return f"{self.action.upper():<20} {arrow} ({self.reason})"
-
-
-_STATE_DICT_ALIASES = ("model_state_dict", "state_dict", "model_state", "model", "net", "module")
-_OPTIMIZER_ALIASES = ("optimizer_state_dict", "optimizer_state", "optimizer", "opt")
-_SCHEDULER_ALIASES = ("scheduler_state_dict", "scheduler_state", "lr_scheduler", "scheduler")
-_METRIC_ALIASES = ("val_loss", "loss", "train_loss", "best_val_loss", "best_loss")
-
-
-def classify_name(name: str, schema: CheckpointSchema) -> tuple[str | None, int | None, int | None]:
-    """``(kind, epoch, step)`` that an old or foreign file name stands for (kind None: unknown).
-
-    Knows ours, Lightning-style ``epoch-05_step-000123.ckpt``, ``last.ckpt``,
-    ``best-val_loss-0.12.ckpt``, ``epoch_5.pt``, ``checkpoint_5.pth``, ``checkpoint_epoch_5.pth``,
-    ``best_model.pt``, ``final_model.pt`` (with or without a timestamp prefix)."""
-    m = epoch_file_pattern(schema).match(name)
-    if m:
-        return "epoch", int(m.group(1)), None
-    for kind, ours in (("last", schema.last_file), ("best", schema.best_file), ("final", schema.final_file)):
-        if ours and name == ours:
-            return kind, None, None
-    stem = Path(name).stem.lower()
-    step_m = re.search(r"step[_=-]?(\d+)", stem)
-    step = int(step_m.group(1)) if step_m else None
-    if re.search(r"(^|[_-])last($|[_-])", stem):
-        return "last", None, step
-    if re.search(r"(^|[_-])best($|[_-])", stem):
-        return "best", None, step
-    if re.search(r"(^|[_-])final($|[_-])", stem):
-        return "final", None, step
-    epoch_m = re.search(r"epoch[_=-]?(\d+)", stem) or re.search(r"(?:^|[_-])(?:checkpoint|ckpt|model)[_-](\d+)$", stem)
-    if epoch_m:
-        return "epoch", int(epoch_m.group(1)), step
-    return None, None, step
-
-
-def _target_name(kind: str, epoch: int | None, schema: CheckpointSchema) -> str | None:
-    if kind == "epoch":
-        return schema.epoch_name(epoch) if epoch is not None else None
-    return {"last": schema.last_file, "best": schema.best_file, "final": schema.final_file}.get(kind)
-
-
-def plan_migration(directory, schema: CheckpointSchema, task_name: str) -> list[MigrationStep]:
-    """What `apply_migration` would do to each checkpoint file of ``directory``; changes nothing.
-    Files that need unsafe unpickling are refused (named), never loaded."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a folder")
-    manifest = read_manifest(directory)["files"]
-    steps: list[MigrationStep] = []
-    claimed: dict[str, Path] = {}
-    files = list(iter_checkpoint_files(directory))
-    present = {f.name for f in files}
-    for f in files:
-        kind, epoch, step = classify_name(f.name, schema)
-        try:
-            payload = _torch_load(f, map_location="cpu", mmap=True)
-        except CheckpointError as exc:
-            steps.append(MigrationStep(f, None, "refuse", str(exc).split(": ", 1)[-1]))
-            continue
-        meta = payload.get(META_KEY) if isinstance(payload, dict) else None
-        if isinstance(meta, dict):
-            kind = meta.get("file_kind") or kind
-            epoch = meta.get("epoch") if meta.get("epoch") is not None else epoch
-        elif isinstance(payload, dict):
-            epoch = _int(payload.get(schema.epoch_key), payload.get("epoch"), epoch)
-        if kind is None:
-            steps.append(MigrationStep(f, None, "skip", "name not recognised as an epoch, last, best or final checkpoint"))
-            continue
-        target = _target_name(kind, epoch, schema)
-        if target is None:
-            why = "no epoch number in its name or content" if kind == "epoch" else f"the {schema.model} schema has no {kind} file"
-            steps.append(MigrationStep(f, None, "skip", why))
-            continue
-        if target in claimed and claimed[target] != f:
-            steps.append(MigrationStep(f, None, "skip", f"{claimed[target].name} already becomes {target}"))
-            continue
-        if target != f.name and (target in present):
-            steps.append(MigrationStep(f, None, "skip", f"{target} already exists"))
-            continue
-        claimed[target] = f
-        rename = target != f.name
-        if isinstance(meta, dict):
-            if rename:
-                steps.append(MigrationStep(f, directory / target, "rename", f"{kind} file", kind, epoch))
-            elif f.name not in manifest:
-                steps.append(MigrationStep(f, f, "record", "cad3d checkpoint not in the manifest", kind, epoch))
-            continue
-        if not isinstance(payload, dict):
-            steps.append(MigrationStep(f, None, "skip", f"content is a {type(payload).__name__}, not a dict"))
-            continue
-        action = "rename+add-metadata" if rename else "add-metadata"
-        steps.append(MigrationStep(f, directory / target, action, f"{kind} file without cad3d_meta", kind, epoch, step))
-    return steps
-
-
-def _int(*values) -> int | None:
-    for v in values:
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int):
-            return v
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            return int(v.item())
-    return None
-
-
-def _converted_payload(payload: dict, step: MigrationStep, schema: CheckpointSchema, task_name: str) -> dict:
-    out = dict(payload)
-    module_keys = list(schema.module_keys.values())
-    if _is_state_dict(payload) and len(module_keys) == 1:
-        out = {module_keys[0]: payload}  # a bare state dict
-    elif len(module_keys) == 1 and module_keys[0] not in out:
-        for alias in _STATE_DICT_ALIASES:
-            if _is_state_dict(out.get(alias)):
-                out[module_keys[0]] = out.pop(alias)
-                break
-    for aliases, key in ((_OPTIMIZER_ALIASES, schema.optimizer_key), (_SCHEDULER_ALIASES, schema.scheduler_key)):
-        if key not in out:
-            for alias in aliases:
-                if isinstance(out.get(alias), dict):
-                    out[key] = out.pop(alias)
-                    break
-    epoch = _int(out.get(schema.epoch_key), out.get("epoch"), step.epoch)
-    gstep = _int(out.get(schema.step_key), out.get("global_step"), out.get("step"), step.step)
-    metrics = {}
-    for k in _METRIC_ALIASES:
-        v = out.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics[k] = float(v)
-        elif isinstance(v, torch.Tensor) and v.numel() == 1:
-            metrics[k] = float(v.item())
-    config = out.get("model_config") if isinstance(out.get("model_config"), dict) else out.get("config")
-    try:
-        config = plain(config) if isinstance(config, dict) else {}
-    except TypeError:
-        config = {}
-    if epoch is not None:
-        out.setdefault(schema.epoch_key, epoch)
-    out.setdefault(schema.step_key, gstep if gstep is not None else 0)
-    out[META_KEY] = build_metadata(
-        task=task_name,
-        file_kind=step.kind,
-        epoch=epoch,
-        global_step=gstep if gstep is not None else 0,
-        epoch_complete=True,
-        metrics=metrics,
-        config=config,
-        migrated_from=step.source.name,
-        global_step_known=gstep is not None,
-    )
-    return out
-
-
-def apply_migration(directory, steps: Iterable[MigrationStep], schema: CheckpointSchema, task_name: str) -> list[str]:
-    """Carry out a plan: each file is published atomically under its new name (manifest kept)
-    before its old name is removed. Returns one line per change."""
-    mgr = CheckpointManager(directory, schema)
-    done = []
-    for step in steps:
-        if step.action in ("skip", "refuse"):
-            continue
-        if step.action == "record":
-            mgr.record(step.source.name)
-            done.append(f"recorded {step.source.name} in {MANIFEST_NAME}")
-            continue
-        payload = _torch_load(step.source, map_location="cpu")
-        if step.action == "rename":
-            meta = dict(payload[META_KEY])
-            meta["file_kind"] = step.kind
-            payload = dict(payload, **{META_KEY: meta})
-        else:
-            payload = _converted_payload(payload, step, schema, task_name)
-        mgr.publish(step.target.name, payload)
-        if step.target != step.source:
-            mgr.remove(step.source.name)
-            done.append(f"{step.source.name} -> {step.target.name}")
-        else:
-            done.append(f"added cad3d_meta to {step.source.name}")
-    return done

@@ -1,4 +1,4 @@
-"""The point-cloud VAE as a training task: its model, loss, metrics and seed-000 checkpoint schema.
+"""The point-cloud VAE as a training task: its loss, metrics and checkpoint schema.
 
     cad3d train vae --data training_data/vae_data --preset tiny
 
@@ -16,8 +16,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from cad3d.models.vae import PointCloudVAE, VAEConfig, kl_weight_at, vae_loss
-from cad3d.training.task import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.models.vae import PointCloudVAE, VAEConfig, kl_weight_at, vae_loss, vae_presets
+from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.splits import split_datasets
 
 
 @register_task
@@ -48,19 +49,7 @@ class VAETask(TrainTask):
     # -- presets / data ----------------------------------------------------------------
     @classmethod
     def presets(cls) -> dict[str, VAEConfig]:
-        tiny = VAEConfig(
-            num_points=512,
-            latent_dim=32,
-            encoder_dims=(32, 64, 128),
-            decoder_dims=(128, 256),
-            image_size=32,
-            kl_weight_max=1e-4,
-            kl_warmup_epochs=4,
-            kl_cycle_epochs=4,
-            voxel_resolution=8,
-            smooth_queries=128,
-        )
-        return {"tiny": tiny, "full": VAEConfig()}
+        return vae_presets()
 
     @classmethod
     def engine_presets(cls) -> dict[str, dict[str, Any]]:
@@ -70,18 +59,11 @@ class VAETask(TrainTask):
         }
 
     def build_datasets(self, data_dir: Path, *, seed: int = 0):
-        """(train, val) of a dataset folder: its train/val splits, or all samples and no val
-        when the folder has no manifest (no splits)."""
-        from cad3d.data.dataset import CAD2D3DDataset, read_manifests
+        from cad3d.data.dataset import CAD2D3DDataset
 
         cfg = self.config
-        common = dict(image_size=cfg.image_size, num_points=cfg.num_points, seed=seed)
-        if read_manifests(Path(data_dir)) is None:
-            return CAD2D3DDataset(data_dir, augment=True, split=None, **common), None
-        train = CAD2D3DDataset(data_dir, augment=True, split="train", **common)
-        has_val = any(e.get("split") == "val" for e in read_manifests(Path(data_dir)))
-        val = CAD2D3DDataset(data_dir, augment=False, split="val", **common) if has_val else None
-        return train, val
+        return split_datasets(data_dir, lambda split, augment: CAD2D3DDataset(
+            data_dir, augment=augment, split=split, image_size=cfg.image_size, num_points=cfg.num_points, seed=seed))
 
     # -- model / steps ------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:

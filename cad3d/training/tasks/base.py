@@ -9,8 +9,9 @@ checkpoints. A trainer for a new model is a `TrainTask` subclass registered unde
         schema = CheckpointSchema(model="vae", module_keys={"model": "state_dict"}, ...)
         ...
 
-`cad3d ckpt verify` finds the task of a checkpoint through the registry (the checkpoint's
-metadata names it) to rebuild the modules and run a forward pass.
+`cad3d.training.loader.load_trained` finds the task of a checkpoint through the registry (the
+checkpoint's metadata names it) to rebuild its modules for inference, fine-tuning and
+`cad3d ckpt verify`.
 
 What a model engineer writes (a screen of code):
 
@@ -25,10 +26,12 @@ What a model engineer writes (a screen of code):
 - ``presets()``: task configs by preset name ("tiny", "full"), and ``engine_presets()``:
   `EngineConfig` field overrides by preset name (epochs, batch size, lr...); CLI flags given
   explicitly override both;
-- checkpoint extras (seed-000 keys owned by the model, e.g. ``kl_weight``), log and report extras;
+- checkpoint extras (reference-layout keys owned by the model, e.g. ``kl_weight``), log and report
+  extras;
+- ``inference_model(modules)``: the module that converts (default: the only one);
 - ``example_batch`` and ``forward_check`` for ``cad3d ckpt verify``.
 
-Engine-owned values that seed 000 stores under model-specific keys (``val_loss``, ``loss``,
+Engine-owned values that the reference checkpoint layout stores under model-specific keys (``val_loss``, ``loss``,
 ``best_loss``, ``loss_history``, ``best_val_loss``, ``model_config``, ``train_config``) are named
 in ``CheckpointSchema.engine_keys``; the engine fills them.
 
@@ -39,6 +42,7 @@ task modules, so a task outside the package can be trained with ``cad3d train``.
 from __future__ import annotations
 
 import abc
+import logging
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -48,10 +52,15 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import nn
 
+from cad3d.config import config_from_dict
+from cad3d.training.checkpoint_io import META_KEY
+
+_logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class CheckpointSchema:
-    """File names and key names of one model's checkpoints (seed 000 / SPEC §4).
+    """File names and key names of one model's checkpoints (the reference layout users' tools read).
 
     File names are format strings with ``{epoch}``. The keys map engine roles to the key
     names users' tools read, e.g. VAE ``module_keys={"model": "state_dict"}``,
@@ -74,7 +83,7 @@ class CheckpointSchema:
     report_file: str | None = None  # JSON written at the end of training
     monitor: str = "val_loss"  # metric that decides "best"
     mode: str = "min"  # "min" or "max"
-    # Checkpoint key -> engine value, for seed-000 keys that hold engine state. Values:
+    # Checkpoint key -> engine value, for reference-layout keys that hold engine state. Values:
     # "loss_history" (train loss per epoch), "best_metric" (best ``monitor`` so far), "task_config",
     # "engine_config", or a metric name of the epoch ("train_loss", "val_loss", ...; None
     # mid-epoch). E.g. diffusion {"loss": "train_loss", "best_loss": "best_metric",
@@ -105,6 +114,9 @@ class TrainTask(abc.ABC):
     schema: ClassVar[CheckpointSchema]
     config_class: ClassVar[type]
     display_name: ClassVar[str] = ""  # training report "model", e.g. "3D Diffusion Model"
+    # Class of ``config.model`` for tasks whose checkpoints also carry it as "model_config" (the
+    # reference layout of the ViT and diffusion files); that copy wins when loading.
+    model_config_class: ClassVar[Optional[type]] = None
     architecture: ClassVar[str] = ""  # training report "architecture"
 
     def __init__(self, config: Any = None):
@@ -116,8 +128,17 @@ class TrainTask(abc.ABC):
 
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> "TrainTask":
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
-        return cls(cls.config_class(**{k: v for k, v in d.items() if k in names}))
+        return cls(config_from_dict(cls.config_class, d))
+
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping[str, Any]) -> "TrainTask":
+        """The task a checkpoint was trained with, from the config in its metadata (the engine
+        stores ``{"task": ..., "engine": ...}``; migrated files store the task config itself).
+        A "model_config" key (see `model_config_class`) gives the architecture."""
+        task = cls.from_config_dict(task_config(payload.get(META_KEY) or {}))
+        if cls.model_config_class is not None and isinstance(payload.get("model_config"), Mapping):
+            task.config.model = cls.model_config_class.from_dict(payload["model_config"])
+        return task
 
     @classmethod
     def presets(cls) -> dict[str, Any]:
@@ -152,6 +173,12 @@ class TrainTask(abc.ABC):
     def configure_optimizer(self, modules: Mapping[str, nn.Module], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def inference_model(self, modules: Mapping[str, nn.Module]) -> nn.Module:
+        """The module that converts, built from the trained ``modules`` (default: the only one)."""
+        if len(modules) != 1:
+            raise NotImplementedError(f"task {self.name!r} has modules {sorted(modules)}: say which one converts")
+        return next(iter(modules.values()))
 
     # -- steps -------------------------------------------------------------------------
     def batch_size_of(self, batch: Any) -> int:
@@ -193,7 +220,7 @@ class TrainTask(abc.ABC):
 
     # -- checkpoint extras -------------------------------------------------------------
     def checkpoint_extras(self) -> dict[str, Any]:
-        """Model-specific keys of seed 000 (e.g. ``kl_weight``, ``last_parts``) and task state
+        """Model-specific keys of the reference layout (e.g. ``kl_weight``, ``last_parts``) and task state
         (e.g. a replay buffer) — plain values or tensors only (loaded with weights_only)."""
         return {}
 
@@ -235,13 +262,24 @@ def get_task_class(name: str) -> type[TrainTask]:
         raise KeyError(f"unknown training task {name!r}; known: {sorted(_REGISTRY)}") from None
 
 
+def find_task_class(name: str | None) -> "type[TrainTask] | None":
+    """The registered task class, or None when unknown (or its module fails to import)."""
+    if not name:
+        return None
+    try:
+        return get_task_class(name)
+    except (KeyError, ImportError) as exc:
+        _logger.debug("task %r not available: %s", name, exc)
+        return None
+
+
 def known_tasks() -> list[str]:
     _import_builtin_tasks()
     return sorted(_REGISTRY)
 
 
 # Modules that register the built-in tasks when imported. Model issues append theirs here.
-BUILTIN_TASK_MODULES: list[str] = ["cad3d.training.vae_task", "cad3d.vit_trainer", "cad3d.training.diffusion_task", "cad3d.training.depth_task"]
+BUILTIN_TASK_MODULES: list[str] = [f"cad3d.training.tasks.{name}" for name in ("vae", "vit", "diffusion", "depth")]
 
 
 def _import_builtin_tasks() -> None:
@@ -252,3 +290,9 @@ def _import_builtin_tasks() -> None:
         importlib.import_module(module)
 
 
+def task_config(meta: Mapping[str, Any]) -> dict:
+    """The task's config dict in a checkpoint's metadata ``meta``."""
+    config = meta.get("config") or {}
+    if isinstance(config.get("task"), Mapping):
+        return dict(config["task"])
+    return dict(config)

@@ -1,0 +1,2 @@
+"""Evaluation: metrics (`metrics`), baselines (`baselines`), the loop over methods and a split
+(`evaluate`), its reports (`report`) and training loss curves (`curves`)."""

@@ -1,0 +1,87 @@
+"""Scores of a predicted cloud against its ground truth (Chamfer, F-score) and their
+aggregates over samples and part families."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+log = logging.getLogger(__name__)
+
+
+METRICS = ("chamfer_l2", "fscore_1pct", "fscore_2pct")
+
+
+@dataclass
+class SampleScore:
+    """One method on one drawing. Metrics are None when the method failed (``error`` says why)."""
+
+    stem: str
+    family: Optional[str]
+    method: str
+    chamfer_l2: Optional[float] = None
+    fscore_1pct: Optional[float] = None
+    fscore_2pct: Optional[float] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+
+
+def score_clouds(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[dict[str, float]]:
+    """Metrics of predictions (N_i, 3) against their ground truths (M_i, 3); N_i may differ from M_i.
+
+    Returns one {"chamfer_l2": squared units, "fscore_1pct": [0, 1], "fscore_2pct": [0, 1]} per
+    pair. Pairs of equal shapes go through the metrics as one batch.
+    """
+    from cad3d.geometry.ops import chamfer_distance, f_score
+
+    out: list[Optional[dict]] = [None] * len(preds)
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        groups.setdefault((np.shape(p), np.shape(g)), []).append(i)
+    for idx in groups.values():
+        p = torch.from_numpy(np.stack([np.asarray(preds[i], dtype=np.float32) for i in idx]))  # (B, N, 3)
+        g = torch.from_numpy(np.stack([np.asarray(gts[i], dtype=np.float32) for i in idx]))  # (B, M, 3)
+        with torch.no_grad():
+            cd = chamfer_distance(p, g, norm="l2", reduction="none")  # (B,)
+            f1, _, _ = f_score(p, g, tau_rel=0.01)  # (B,)
+            f2, _, _ = f_score(p, g, tau_rel=0.02)  # (B,)
+        for k, i in enumerate(idx):
+            out[i] = {"chamfer_l2": float(cd[k]), "fscore_1pct": float(f1[k]), "fscore_2pct": float(f2[k])}
+    return out
+
+
+def score_cloud(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Metrics of one prediction (N, 3) against its ground truth (M, 3), as in `score_clouds`."""
+    return score_clouds([pred], [gt])[0]
+
+
+def _summary(scores: Sequence[SampleScore]) -> dict:
+    ok = [s for s in scores if s.error is None]
+    out = {"n": len(ok), "failed": len(scores) - len(ok)}
+    for m in METRICS:
+        out[m] = float(np.mean([getattr(s, m) for s in ok])) if ok else None
+    secs = [s.seconds for s in ok if s.seconds is not None]
+    out["seconds_per_drawing"] = float(np.mean(secs)) if secs else None
+    return out
+
+
+def aggregate(scores: Iterable[SampleScore]) -> dict[str, dict]:
+    """Per method: {"n": scored, "failed": failed, <metric>: mean over scored drawings,
+    "seconds_per_drawing": mean}. Methods keep their first-seen order."""
+    by_method: dict[str, list[SampleScore]] = {}
+    for s in scores:
+        by_method.setdefault(s.method, []).append(s)
+    return {m: _summary(v) for m, v in by_method.items()}
+
+
+def aggregate_by_family(scores: Iterable[SampleScore]) -> dict[str, dict[str, dict]]:
+    """{family: {method: summary as in `aggregate`}}, families sorted (no family = "unknown")."""
+    by_family: dict[str, list[SampleScore]] = {}
+    for s in scores:
+        by_family.setdefault(s.family or "unknown", []).append(s)
+    return {f: aggregate(by_family[f]) for f in sorted(by_family)}

@@ -1,0 +1,175 @@
+"""Export of a trained depth network to ONNX under the MiDaS contract
+(`cad3d.models.depth_contract`), checked against PyTorch before it is published."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cad3d.models.depth_contract import (
+    DEFAULT_ONNX_PATH,
+    FOREGROUND_THRESHOLD,
+    INPUT_NAME,
+    ONNX_IMAGE_SIZE,
+    ONNX_OPSET,
+    OUTPUT_NAME,
+    SIDECAR_FORMAT,
+    DepthModelError,
+    sidecar_path,
+)
+
+
+class OnnxDepthWrapper(nn.Module):
+    """The exported graph: (B, 3, S, S) RGB in [0, 1] -> (B, S, S) relative inverse depth.
+
+    When the network was trained at another resolution, the input is resized to it and the
+    output back to S, so the file keeps the MiDaS contract whatever the training size."""
+
+    def __init__(self, model: nn.Module, train_size: int, size: int = ONNX_IMAGE_SIZE):
+        super().__init__()
+        self.model, self.train_size, self.size = model, int(train_size), int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.train_size != self.size:
+            x = F.interpolate(x, size=(self.train_size, self.train_size), mode="bilinear", align_corners=False)
+        y = self.model(x)  # (B, s, s)
+        if self.train_size != self.size:
+            y = F.interpolate(y.unsqueeze(1), size=(self.size, self.size), mode="bilinear", align_corners=False).squeeze(1)
+        return y  # (B, S, S)
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the .onnx file
+    sidecar: Path  # its JSON preprocessing description
+    max_abs_diff: float  # largest |onnxruntime - PyTorch| over the check inputs
+    tolerance: float  # the bound it had to stay under
+
+
+def _torch_onnx_export(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    kwargs: dict[str, Any] = dict(
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # The TorchScript exporter: the same graph on torch 2.4 .. 2.x without onnxscript.
+        kwargs["dynamo"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # GroupNorm's batch-size check: B is dynamic anyway
+        torch.onnx.export(module, (example,), str(path), **kwargs)
+
+
+def _check_inputs(size: int) -> torch.Tensor:
+    """(2, 3, S, S): random pixels and a blank sheet with a drawn square (both RGB in [0, 1])."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(1, 3, size, size, generator=g)
+    sheet = torch.ones(1, 3, size, size)
+    q = size // 4
+    sheet[..., q : 3 * q, q] = sheet[..., q : 3 * q, 3 * q] = sheet[..., q, q : 3 * q] = sheet[..., 3 * q, q : 3 * q] = 0.0
+    return torch.cat([noise, sheet])
+
+
+def export_depth_onnx(
+    model: nn.Module,
+    path: str | os.PathLike = DEFAULT_ONNX_PATH,
+    *,
+    train_size: int | None = None,
+    size: int = ONNX_IMAGE_SIZE,
+    opset: int = ONNX_OPSET,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    extra_info: dict | None = None,
+) -> ExportResult:
+    """Export a depth network (e.g. `DepthNet`) to ONNX with the MiDaS v2.1 small contract.
+
+    Args:
+        model: (B, 3, s, s) RGB in [0, 1] -> (B, s, s) relative inverse depth; exported in eval
+            mode on CPU (a copy; the module passed is left as it was).
+        path: the .onnx file; its folder is created; the sidecar goes next to it.
+        train_size: the resolution ``s`` the model expects (default ``model.config.image_size``
+            or ``size``); the graph resizes from and to ``size``.
+        size: the file's input size S (input ``(batch, 3, S, S)``, output ``(batch, S, S)``).
+        atol, rtol: right after the export, onnxruntime must reproduce PyTorch on check inputs
+            within ``atol + rtol * max|PyTorch output|``.
+        extra_info: more fields for the sidecar (e.g. the checkpoint it came from).
+
+    Raises `DepthModelError` naming the file when the check fails (no file is left then). The
+    file and sidecar are published atomically (written beside, then renamed).
+    """
+    import copy
+
+    import onnxruntime as ort
+
+    from cad3d.io import atomic_write_json, temp_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if train_size is None:
+        train_size = int(getattr(getattr(model, "config", None), "image_size", size))
+    net = copy.deepcopy(model).to("cpu").float().eval()
+    wrapper = OnnxDepthWrapper(net, train_size, size).eval()
+    inputs = _check_inputs(size)  # (2, 3, S, S)
+    with torch.no_grad():
+        expected = wrapper(inputs).numpy()  # (2, S, S)
+    tmp = temp_path(path)  # exported and checked there, published only when it matches
+    try:
+        _torch_onnx_export(wrapper, inputs[:1], tmp, opset)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 1].numpy()})[0] for i in range(len(inputs))])
+        if got.shape != expected.shape:
+            raise DepthModelError(f"{path}: exported ONNX output has shape {got.shape}, PyTorch {expected.shape}")
+        diff = float(np.abs(got - expected).max())
+        tolerance = atol + rtol * float(np.abs(expected).max())
+        if not diff <= tolerance:
+            raise DepthModelError(f"{path}: exported ONNX output differs from PyTorch by {diff:.3g} (> {tolerance:.3g})")
+        # Sidecar first, model last: a crash in between leaves the previous model beside the new
+        # sidecar, whose preprocessing ("unit") is that of every export, so it still runs right.
+        sidecar = sidecar_path(path)
+        atomic_write_json(
+            sidecar,
+            {
+                "format": SIDECAR_FORMAT,
+                "version": 1,
+                "model": path.name,
+                "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
+                "output": {"name": OUTPUT_NAME, "shape": ["batch", size, size], "dtype": "float32"},
+                "preprocessing": "unit",
+                "color": "RGB",
+                "value_range": [0.0, 1.0],
+                "mean": None,
+                "std": None,
+                "output_meaning": "relative inverse depth, larger = closer; <= 0 on paper, >= 1 on the part",
+                "foreground_threshold": FOREGROUND_THRESHOLD,
+                "train_image_size": int(train_size),
+                "opset": int(opset),
+                "max_abs_diff": diff,
+                "torch": torch.__version__,
+                **(extra_info or {}),
+            },
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(path=path, sidecar=sidecar, max_abs_diff=diff, tolerance=tolerance)
+
+
+def export_depth_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike = DEFAULT_ONNX_PATH, **kwargs) -> ExportResult:
+    """`export_depth_onnx` of the network in a depth checkpoint (e.g. ``depth_best.pth``)."""
+    from cad3d.training.loader import load_trained
+
+    model = load_trained(checkpoint, kind="depth").model
+    extra = {"checkpoint": str(checkpoint), **(kwargs.pop("extra_info", None) or {})}
+    return export_depth_onnx(model, path, extra_info=extra, **kwargs)
