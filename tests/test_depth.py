@@ -177,6 +177,11 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
         def forward(self, x):
             return torch.full(x.shape[:1] + x.shape[2:], self.c)
 
+        def forward_all(self, x):  # constant layers too: depth at the part's centre, presence c
+            k = config.model.layers
+            shape = (x.shape[0], k) + x.shape[2:]
+            return self.forward(x), torch.zeros(shape), torch.full(shape, self.c - 0.5)
+
     loader = torch.utils.data.DataLoader(val, batch_size=len(val))
     baseline = min(task.validation_step({"model": Constant(c)}, next(iter(loader)), None)["val_loss"] for c in (0.0, 0.5, 1.0))
     assert log[-1]["val_loss"] < 0.8 * baseline, (log[-1], baseline)

@@ -133,7 +133,7 @@ def test_checkpoint_files_keys_and_config_round_trip(tiny_dataset, tmp_path):
     assert not any(f"checkpoint_epoch_{e}.pth" in names for e in (1, 2, 3, 4))  # every 5 epochs
     history = json.loads((out / "training_history.json").read_text())
     assert [e["epoch"] for e in history] == [1, 2, 3, 4, 5] and report["total_epochs"] == 5
-    assert {"train_loss", "val_loss", "chamfer", "family_acc", "fscore_1pct"} <= set(history[-1])
+    assert {"train_loss", "val_loss", "val_chamfer", "family_acc", "fscore_1pct"} <= set(history[-1])
 
     # A fresh trainer with default configs takes both configs and the weights from the file.
     other = VisionTransformerTrainer(VisionTransformerConfig(), TrainingConfig())

@@ -33,6 +33,7 @@ from cad3d.conversion.outputs import ConversionResult
 from cad3d.data.dataset import choose_points
 from cad3d.devices import resolve_device
 from cad3d.errors import ConversionError
+from cad3d.geometry.transforms import resample_points
 from cad3d.models.depth_contract import find_depth_model
 from cad3d.training.loader import load_trained
 
@@ -61,6 +62,8 @@ class HybridCAD3DConverter:
         num_points: default points per cloud; None = each path's own (the diffusion model's and
             the ViT's trained point counts, 4096 for depth lifting and the geometric fallback).
         learning_path: where `save` writes (default trained_models/hybrid/continuous_learning.pth).
+        refine_strength: with a layered depth model, the diffusion path refines the depth-lifted
+            cloud noised to this fraction of the schedule (1: sample from pure noise).
     """
 
     def __init__(
@@ -75,22 +78,29 @@ class HybridCAD3DConverter:
         num_points: int | None = None,
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
+        refine_strength: float = 0.3,
     ):
         self.device = resolve_device(device)
         self.num_points = None if num_points is None else int(num_points)
         self.enable_learning = bool(enable_learning)
         self.learning_path = Path(learning_path)
         self.seed = int(seed)
+        if not 0.0 < refine_strength <= 1.0:
+            raise ValueError(f"refine_strength must be in (0, 1], got {refine_strength}")
+        self.refine_strength = float(refine_strength)
         self.weights: dict[str, str] = {}
         self.trained: dict[str, bool] = {m: False for m in METHODS}  # geometric has no weights at all
 
+        self.scores: dict[str, float] = {}  # validation Chamfer-L2 stored with each path's weights
         self.vit = None
         vit_path = _existing(vit_model_path)
         if vit_model_path is not None and vit_path is None:
             warnings.warn(f"{vit_model_path}: ViT checkpoint not found; converting without the ViT", stacklevel=2)
         if vit_path is not None:
-            self.vit = load_trained(vit_path, kind="vit").model.to(self.device)
+            trained = load_trained(vit_path, kind="vit")
+            self.vit = trained.model.to(self.device)
             self.weights["vit"], self.trained["vit"] = str(vit_path), True
+            self._record_score("vit", trained.metadata)
 
         self.diffusion = None
         self._diffusion_payload: Optional[dict] = None  # what `save` publishes
@@ -106,6 +116,7 @@ class HybridCAD3DConverter:
             self.diffusion = trained.model.to(self.device)
             self._diffusion_payload = trained.payload
             self.weights["diffusion"], self.trained["diffusion"] = str(diff_path), True
+            self._record_score("diffusion", trained.metadata)
         elif enable_learning:
             from cad3d.models.diffusion_model import create_diffusion_model
 
@@ -121,6 +132,8 @@ class HybridCAD3DConverter:
         if depth_path is not None:
             self.depth = DepthEstimator(depth_path)
             self.weights["depth"], self.trained["depth"] = str(depth_path), True
+            if self.depth.val_chamfer is not None:
+                self.scores["depth"] = float(self.depth.val_chamfer)
 
     # -- choosing a path -----------------------------------------------------------------
     def available_methods(self) -> list[str]:
@@ -129,9 +142,20 @@ class HybridCAD3DConverter:
                 "depth": self.depth is not None, "geometric": True}
         return [m for m in METHODS if have[m]]
 
+    def _record_score(self, method: str, metadata: dict) -> None:
+        value = (metadata.get("metrics") or {}).get("val_chamfer")
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            self.scores[method] = float(value)
+
     def resolve_method(self, method: str = "auto") -> str:
+        """``auto``: the trained path with the lowest validation Chamfer stored with its weights;
+        when no path has one, the first trained path of diffusion > vit > depth > geometric."""
         if method == "auto":
-            return next((m for m in self.available_methods() if self.trained[m]), "geometric")
+            trained = [m for m in self.available_methods() if self.trained[m]]
+            scored = [m for m in trained if m in self.scores]
+            if scored:
+                return min(scored, key=lambda m: self.scores[m])
+            return next(iter(trained), "geometric")
         if method not in METHODS:
             raise ConversionError(f"unknown method {method!r}; choose from auto, {', '.join(METHODS)}")
         if method not in self.available_methods():
@@ -166,7 +190,8 @@ class HybridCAD3DConverter:
             clouds = [self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)]
         else:
             clouds = [geometric_fallback(img, n_pts, rng) for img, rng in zip(images, rngs)]
-        clouds = [c if len(c) == n_pts else choose_points(c, n_pts, rng) for c, rng in zip(clouds, rngs)]
+        # Every path answers with exactly n_pts distinct points (subset, or documented upsampling).
+        clouds = [c if len(c) == n_pts else resample_points(c, n_pts, rng) for c, rng in zip(clouds, rngs)]
         per = (time.perf_counter() - t0) / max(len(images), 1)
         weights = {chosen: self.weights.get(chosen, "none")}
         return [ConversionResult(points=c, method=chosen, trained=self.trained[chosen], weights=weights, seconds=per,
@@ -192,19 +217,26 @@ class HybridCAD3DConverter:
         return torch.stack(out).to(self.device)  # (B, 3, size, size)
 
     def _run_diffusion(self, images, n_pts, steps, guidance, rngs) -> list[np.ndarray]:
-        # The U-Net's neighbourhoods are sized for the cloud density it was trained on, so sample
-        # at the model's own point count; more points come from more samples of the same drawing.
-        # Each drawing's starting noise comes from its own generator, and DDIM is deterministic
-        # given it, so a cloud does not depend on its batch.
+        # One joint sample of n_pts points per drawing, reading the drawing at each point's
+        # projection under its cameras (iso, or a sheet's panels). Each drawing's starting noise
+        # comes from its own generator and DDIM is deterministic given it, so a cloud does not
+        # depend on its batch. With a layered depth model the sample starts from the lifted cloud,
+        # noised to `refine_strength` (SDEdit): the model refines instead of inventing.
+        from cad3d.geometry.camera import grid_projections
+
         model = self.diffusion
-        native = model.config.num_points
         x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
-        parts = []
-        for _ in range(-(-n_pts // native)):
-            gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
-            x_T = torch.stack([torch.randn(native, 3, generator=g) for g in gens]).to(self.device)  # (B, native, 3)
-            parts.append(model.sample(x, steps=steps, guidance=guidance, x_T=x_T).float().cpu().numpy())
-        return list(np.concatenate(parts, axis=1))  # B x (rounds * native, 3)
+        grids = [grid_projections(drawing_cameras(img)) for img in images]
+        cams = torch.from_numpy(np.stack([g for g, _ in grids])).to(self.device)  # (B, V, 2, 4)
+        views = torch.from_numpy(np.stack([v for _, v in grids])).to(self.device)  # (B, V)
+        gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
+        x_T = torch.stack([torch.randn(n_pts, 3, generator=g) for g in gens]).to(self.device)  # (B, N, 3)
+        init, strength = None, 1.0
+        if self.refine_strength < 1.0 and self.depth is not None and self.depth.layered:
+            init = torch.from_numpy(np.stack([self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)])).to(self.device)
+            strength = self.refine_strength
+        out = model.sample(x, steps=steps, guidance=guidance, x_T=x_T, cams=cams, views=views, init=init, strength=strength)
+        return list(out.float().cpu().numpy())  # B x (N, 3)
 
     def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.config.image_size)
@@ -213,10 +245,17 @@ class HybridCAD3DConverter:
     def _lift_depth(self, image, n_pts, rng) -> np.ndarray:
         from cad3d.conversion.depth import lift_drawing
 
+        if self.depth.layered:  # every surface crossing of every pixel's ray, an even surface sample
+            from cad3d.data.layers import sample_layers
+
+            try:
+                return normalize_cloud(sample_layers(self.depth.predict_layers(image), drawing_cameras(image), n_pts, rng))
+            except ValueError:
+                raise ConversionError("the depth model sees no part in this drawing") from None
         cloud = lift_drawing(image, self.depth.predict(image), camera=drawing_cameras(image))  # one point per pixel
         # Robust: a few pixels lifted to the clipped ends of the depth range would otherwise set the
         # scale (30 test drawings of the 1000-part CPU run: Chamfer 0.045 instead of 0.106).
-        return normalize_cloud(choose_points(cloud, n_pts, rng), robust=True)
+        return normalize_cloud(resample_points(cloud, n_pts, rng), robust=True)
 
     # -- continuous learning -------------------------------------------------------------
     def _learning_trainer(self):

@@ -47,6 +47,8 @@ from cad3d.models.depth_contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ONNX_IMAGE_SIZE,
+    LAYERS_NAME,
+    PRESENCE_NAME,
     PREPROCESSINGS,
     DepthModelError,
     read_sidecar,
@@ -125,6 +127,10 @@ class DepthEstimator:
         self.preprocessing = preprocessing
         # Only our network promises a background level; for MiDaS use the drawing's silhouette.
         self.foreground_threshold = (self.sidecar or {}).get("foreground_threshold")
+        names = {o.name for o in outputs}
+        self.layered = LAYERS_NAME in names and PRESENCE_NAME in names  # our layered export
+        # Validation score stored with the export (lower is better; None: unknown).
+        self.val_chamfer = (self.sidecar or {}).get("val_chamfer")
 
     def __repr__(self) -> str:
         return (f"DepthEstimator({str(self.path)!r}, kind={self.kind!r}, preprocessing={self.preprocessing!r}, "
@@ -148,6 +154,21 @@ class DepthEstimator:
         return _resize(out, gray.shape)  # (H, W)
 
     __call__ = predict
+
+    def predict_layers(self, drawing) -> np.ndarray:
+        """Layered camera depth ``c_z`` (K, H, W) float32 at the drawing's own size: each ray's
+        first K surface crossings the model believes in, 0 elsewhere (a layered export only)."""
+        if not self.layered:
+            raise DepthModelError(f"{self.path}: not a layered depth model (no {LAYERS_NAME!r} output)")
+        gray = as_drawing(drawing)  # (H, W)
+        depth, presence = self.session.run([LAYERS_NAME, PRESENCE_NAME], {self.input_name: self.preprocess(gray)})
+        depth, presence = np.asarray(depth, dtype=np.float32)[0], np.asarray(presence, dtype=np.float32)[0]  # (K, h, w)
+        layers = np.where(presence > 0.5, depth + EYE_DISTANCE, 0.0).astype(np.float32)
+        if layers.shape[-2:] != gray.shape:  # nearest neighbour: no pixel mixes two surfaces
+            rows = (np.arange(gray.shape[0]) * layers.shape[1] // gray.shape[0])
+            cols = (np.arange(gray.shape[1]) * layers.shape[2] // gray.shape[1])
+            layers = layers[:, rows][:, :, cols]
+        return layers  # (K, H, W)
 
 
 # --------------------------------------------------------------------------------------------

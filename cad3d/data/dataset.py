@@ -98,6 +98,23 @@ def load_depth(path: Path) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def load_layers(path: Path) -> np.ndarray:
+    """Layered depth maps (K, H, W) float32 (see `cad3d.data.layers`), finite, >= 0."""
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing layered depth maps (datasets made before layers/ have none)") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: corrupt or unreadable .npy ({exc})") from None
+    if arr.ndim != 3:
+        raise DatasetError(f"{path}: layered depth must have shape (K, H, W), got {arr.shape}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise DatasetError(f"{path}: layered depth contains NaN, infinite or negative values")
+    return arr
+
+
 def load_meta(path: Path) -> dict:
     path = Path(path)
     try:
@@ -306,3 +323,15 @@ class CAD2D3DDataset(torch.utils.data.Dataset):
         d = cloud.astype(np.float64) @ right - offset  # (N,)
         mirrored = cloud - 2.0 * d[:, None] * right[None, :]
         return image[:, ::-1].copy(), mirrored.astype(np.float32)
+
+
+def part_identity(record: SampleRecord) -> str:
+    """What makes a sample's part that part: its family, parameters and source (hash of the
+    canonical JSON), the same for the same geometry whatever the dataset, its size or the stem."""
+    import hashlib
+
+    meta = load_meta(record.meta) if record.meta is not None else {}
+    key = {k: meta.get(k) for k in ("family", "parameters", "source")}
+    if not any(key.values()):  # no metadata: the stem is all there is
+        key = {"stem": record.stem}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

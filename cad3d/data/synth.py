@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cad3d.data.layers import DEFAULT_LAYERS
 from cad3d.errors import DatasetError
 from cad3d.io import atomic_write_bytes
 from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_view_cameras
@@ -39,7 +40,7 @@ VIEWS = ("iso", "three_view", "random")
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
-SUBDIRS = ("images", "pointclouds", "depth", "meta")
+SUBDIRS = ("images", "pointclouds", "depth", "layers", "meta")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class RenderSettings:
     num_points: int = 4096
     image_size: int = 256
     hidden: str = "none"  # none | dashed
+    layers: int = DEFAULT_LAYERS  # layered depth maps of the drawing's cameras (0: none)
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS
 
     def __post_init__(self):
@@ -173,6 +175,7 @@ def write_sample(
     Returns the manifest entry of the sample. Used for synthetic parts and imported meshes alike,
     so both are rendered and sampled exactly the same way.
     """
+    from cad3d.data.layers import depth_layers
     from cad3d.data.render import render_drawing
     from cad3d.geometry.sampling import sample_surface
 
@@ -203,6 +206,9 @@ def write_sample(
     atomic_write_bytes(out_dir / "images" / f"{stem}.png", _png_bytes(drawing.image), durable=False)
     atomic_write_bytes(out_dir / "pointclouds" / f"{stem}.npy", _npy_bytes(points), durable=False)
     atomic_write_bytes(out_dir / "depth" / f"{stem}.npy", _npy_bytes(drawing.depth.astype(np.float32)), durable=False)
+    if settings.layers:  # the cameras' viewports are disjoint: their layers add up
+        layers = sum(depth_layers(norm_mesh.vertices, norm_mesh.faces, cam, settings.layers) for cam in drawing.cameras)
+        atomic_write_bytes(out_dir / "layers" / f"{stem}.npy", _npy_bytes(layers.astype(np.float16)), durable=False)
     atomic_write_bytes(out_dir / "meta" / f"{stem}.json", (json_dumps(meta) + "\n").encode(), durable=False)
     return {"stem": stem, "split": split, "family": family}
 

@@ -71,6 +71,19 @@ class RetrievalBaseline:
         return [self.cloud(int(i)) for i in self.nearest(drawings)]
 
 
+@dataclass
+class OracleBaseline:
+    """The ceiling: for each scored sample, its own stored surface sample (``pointclouds/``), an
+    independent draw from the same surface as the dense ground truth."""
+
+    points: list[Path]
+
+    def predict_indices(self, indices: Sequence[int]) -> list[np.ndarray]:
+        from cad3d.data.dataset import load_points
+
+        return [load_points(self.points[i]) for i in indices]
+
+
 def medoid_index(clouds: Sequence[np.ndarray], *, max_points: int = MEDOID_POINTS, seed: int = 0) -> int:
     """Index of the cloud with the smallest mean Chamfer-L2 to the others (each subsampled to
     ``max_points`` points, seeded). Clouds are (N_i, 3)."""

@@ -49,15 +49,16 @@ import numpy as np
 
 from cad3d.conversion.converter import METHODS
 from cad3d.errors import Cad3dError, DatasetError, EvaluationError
-from cad3d.evaluation.baselines import THUMBNAIL_SIZE, MeanBaseline, RetrievalBaseline
+from cad3d.evaluation.baselines import THUMBNAIL_SIZE, MeanBaseline, OracleBaseline, RetrievalBaseline
 from cad3d.evaluation.curves import write_loss_curves
-from cad3d.evaluation.metrics import SampleScore, aggregate, aggregate_by_family, score_clouds
+from cad3d.evaluation.metrics import SampleScore, aggregate, aggregate_by_family, score_clouds, with_oracle_fractions
 from cad3d.evaluation.report import write_artefacts
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("retrieval", "mean")
+BASELINES = ("retrieval", "mean", "oracle")
 ALL_METHODS = METHODS + BASELINES
+DEFAULT_POINTS = 4096
 
 
 def parse_families(values: Iterable[str] | str | None) -> list[str] | None:
@@ -136,7 +137,7 @@ def evaluate(
     Raises DatasetError for a missing dataset or split (naming it) and EvaluationError for an
     unknown method or family.
     """
-    from cad3d.data.dataset import index_dataset, load_drawing, load_points
+    from cad3d.data.dataset import index_dataset, load_dense_points, load_drawing
 
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
@@ -154,8 +155,10 @@ def evaluate(
     if max_samples is not None:
         records = records[: max(int(max_samples), 1)]
     drawings = [load_drawing(r.image) for r in records]  # (H, W) each
-    truths = [load_points(r.points) for r in records]  # (M, 3) each
-    n_pts = int(num_points or len(truths[0]))
+    # Scored against a dense sample of the true surface, so that a perfect answer of n_pts points
+    # (the oracle row) scores near the top; the stored clouds are too sparse for F@1%.
+    truths = [load_dense_points(data_dir, r.stem) for r in records]  # (M, 3) each
+    n_pts = int(num_points or DEFAULT_POINTS)
 
     if converter is None:
         from cad3d.conversion.converter import HybridCAD3DConverter
@@ -178,7 +181,13 @@ def evaluate(
                               "weights": converter.weights.get(m, "none"), "note": ""}
             runners[m] = m
 
-    baseline_wanted = [m for m in methods if m in BASELINES]
+    if "oracle" in methods:
+        runners["oracle"] = OracleBaseline([r.points for r in records])
+        method_info["oracle"] = {"kind": "baseline", "status": "ok", "trained": None,
+                                 "note": "the sample's own stored surface sample (independent of the dense ground truth): the ceiling"}
+    baseline_wanted = [m for m in methods if m in ("retrieval", "mean")]
+    if baseline_wanted or train_data is not None:
+        _refuse_training_parts(records, Path(train_data) if train_data is not None else data_dir)
     if baseline_wanted:
         train_dir = Path(train_data) if train_data is not None else data_dir
         try:
@@ -222,8 +231,8 @@ def evaluate(
     for m, runner in runners.items():
         for start in range(0, len(records), batch_size):
             idx = list(range(start, min(start + batch_size, len(records))))
-            results = _run_batch(m, runner, converter, [drawings[i] for i in idx], n_pts, steps, guidance, seed + start)
-            batch = _score_batch(m, [records[i] for i in idx], [truths[i] for i in idx], results)
+            results = _run_batch(m, runner, converter, [drawings[i] for i in idx], n_pts, steps, guidance, seed + start, idx)
+            batch = _score_batch(m, [records[i] for i in idx], [truths[i] for i in idx], results, n_pts, seed)
             for rec, (s, cloud) in zip((records[i] for i in idx), batch):
                 scores.append(s)
                 if rec.stem in examples:
@@ -242,7 +251,7 @@ def evaluate(
         "held_out_families": held_out,
         "families": sorted({r.family or "unknown" for r in records}),
         "methods": method_info,
-        "overall": aggregate(scores),
+        "overall": with_oracle_fractions(aggregate(scores)),
         "per_family": aggregate_by_family(scores),
         "failures": [{"method": s.method, "stem": s.stem, "error": s.error} for s in scores if s.error],
         "samples": [asdict(s) for s in scores],
@@ -261,14 +270,23 @@ def evaluate(
     return report
 
 
-def _score_batch(method: str, records, truths, results) -> list[tuple[SampleScore, Optional[np.ndarray]]]:
-    """[(score, checked cloud or None)] for one batch of `_run_batch` results, scored in one call."""
+def _score_batch(method: str, records, truths, results, n_pts: int, seed: int) -> list[tuple[SampleScore, Optional[np.ndarray]]]:
+    """[(score, checked cloud or None)] for one batch of `_run_batch` results, scored in one call.
+
+    Every method is scored at ``n_pts`` points: a larger answer (a baseline's stored cloud) is
+    subsampled, a smaller one upsampled without repeats (`resample_points`); ``repeated`` records
+    the share of duplicate points a method itself returned."""
+    from cad3d.geometry.transforms import resample_points
+
     out = []
     for rec, (cloud, seconds, error) in zip(records, results):
         s = SampleScore(rec.stem, rec.family, method, seconds=seconds, error=error)
         if error is None:
             try:
                 cloud = _check_cloud(cloud)
+                s.repeated = 1.0 - len(np.unique(cloud, axis=0)) / len(cloud)
+                if len(cloud) != n_pts:
+                    cloud = resample_points(cloud, n_pts, np.random.default_rng([seed, len(cloud)]))
             except EvaluationError as exc:
                 s.error = str(exc)
         if s.error is not None:
@@ -281,7 +299,24 @@ def _score_batch(method: str, records, truths, results) -> list[tuple[SampleScor
     return out
 
 
-def _run_batch(method, runner, converter, drawings, n_pts, steps, guidance, seed) -> list[tuple]:
+def _refuse_training_parts(records, train_dir: Path) -> None:
+    """EvaluationError when a scored part is also a training part of ``train_dir`` (same family,
+    parameters and source: the same geometry, whatever the dataset's size or stem names)."""
+    from cad3d.data.dataset import index_dataset, part_identity
+
+    try:
+        train = index_dataset(train_dir, "train")
+    except DatasetError:
+        return
+    train_ids = {part_identity(r) for r in train}
+    leaked = [r.stem for r in records if part_identity(r) in train_ids]
+    if leaked:
+        raise EvaluationError(
+            f"{len(leaked)} scored part(s) are training parts of {train_dir} (e.g. {', '.join(leaked[:5])}): "
+            "scores on them measure memory, not generalisation; evaluate another split or dataset")
+
+
+def _run_batch(method, runner, converter, drawings, n_pts, steps, guidance, seed, indices=()) -> list[tuple]:
     """[(cloud or None, seconds per drawing, error or None)] for one batch; a failing batch is
     retried drawing by drawing so one bad drawing fails alone."""
 
@@ -290,7 +325,7 @@ def _run_batch(method, runner, converter, drawings, n_pts, steps, guidance, seed
             res = converter.convert_batch(batch, runner, num_points=n_pts, steps=steps, guidance=guidance, seed=seed)
             return [(r.points, r.seconds, None) for r in res]
         t0 = time.perf_counter()
-        clouds = runner.predict(batch)
+        clouds = runner.predict(batch) if not isinstance(runner, OracleBaseline) else runner.predict_indices(indices)
         per = (time.perf_counter() - t0) / max(len(batch), 1)
         return [(c, per, None) for c in clouds]
 

@@ -14,7 +14,7 @@ import torch
 log = logging.getLogger(__name__)
 
 
-METRICS = ("chamfer_l2", "fscore_1pct", "fscore_2pct")
+METRICS = ("chamfer_l2", "chamfer_l1", "fscore_1pct", "fscore_2pct")
 
 
 @dataclass
@@ -25,17 +25,20 @@ class SampleScore:
     family: Optional[str]
     method: str
     chamfer_l2: Optional[float] = None
+    chamfer_l1: Optional[float] = None
     fscore_1pct: Optional[float] = None
     fscore_2pct: Optional[float] = None
     seconds: Optional[float] = None
+    repeated: Optional[float] = None  # share of duplicate points in the method's own answer
     error: Optional[str] = None
 
 
 def score_clouds(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[dict[str, float]]:
     """Metrics of predictions (N_i, 3) against their ground truths (M_i, 3); N_i may differ from M_i.
 
-    Returns one {"chamfer_l2": squared units, "fscore_1pct": [0, 1], "fscore_2pct": [0, 1]} per
-    pair. Pairs of equal shapes go through the metrics as one batch.
+    Returns one {"chamfer_l2": squared units, "chamfer_l1": units, "fscore_1pct": [0, 1],
+    "fscore_2pct": [0, 1]} per pair (F-score thresholds: 1% and 2% of the ground truth's bounding
+    diagonal). Pairs of equal shapes go through the metrics as one batch.
     """
     from cad3d.geometry.ops import chamfer_distance, f_score
 
@@ -48,10 +51,12 @@ def score_clouds(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list
         g = torch.from_numpy(np.stack([np.asarray(gts[i], dtype=np.float32) for i in idx]))  # (B, M, 3)
         with torch.no_grad():
             cd = chamfer_distance(p, g, norm="l2", reduction="none")  # (B,)
+            cd1 = chamfer_distance(p, g, norm="l1", reduction="none")  # (B,)
             f1, _, _ = f_score(p, g, tau_rel=0.01)  # (B,)
             f2, _, _ = f_score(p, g, tau_rel=0.02)  # (B,)
         for k, i in enumerate(idx):
-            out[i] = {"chamfer_l2": float(cd[k]), "fscore_1pct": float(f1[k]), "fscore_2pct": float(f2[k])}
+            out[i] = {"chamfer_l2": float(cd[k]), "chamfer_l1": float(cd1[k]), "fscore_1pct": float(f1[k]),
+                      "fscore_2pct": float(f2[k])}
     return out
 
 
@@ -65,6 +70,8 @@ def _summary(scores: Sequence[SampleScore]) -> dict:
     out = {"n": len(ok), "failed": len(scores) - len(ok)}
     for m in METRICS:
         out[m] = float(np.mean([getattr(s, m) for s in ok])) if ok else None
+    reps = [s.repeated for s in ok if s.repeated is not None]
+    out["repeated"] = float(np.mean(reps)) if reps else None
     secs = [s.seconds for s in ok if s.seconds is not None]
     out["seconds_per_drawing"] = float(np.mean(secs)) if secs else None
     return out
@@ -85,3 +92,15 @@ def aggregate_by_family(scores: Iterable[SampleScore]) -> dict[str, dict[str, di
     for s in scores:
         by_family.setdefault(s.family or "unknown", []).append(s)
     return {f: aggregate(by_family[f]) for f in sorted(by_family)}
+
+
+def with_oracle_fractions(summary: dict[str, dict]) -> dict[str, dict]:
+    """Add each method's metrics as a fraction of the ``oracle`` row's (when scored): Chamfer /
+    oracle Chamfer (1 = as close as a perfect sample, larger is worse) and F-score / oracle
+    F-score (1 = the ceiling)."""
+    oracle = summary.get("oracle")
+    if not oracle or not oracle.get("n"):
+        return summary
+    for row in summary.values():
+        row["of_oracle"] = {m: (row[m] / oracle[m]) if row.get(m) is not None and oracle.get(m) else None for m in METRICS}
+    return summary

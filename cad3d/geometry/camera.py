@@ -129,6 +129,17 @@ class OrthoCamera:
         )
         return self.camera_to_world(c)
 
+    def grid_projection(self) -> np.ndarray:
+        """(2, 4) float32 matrix A with ``A @ [x, y, z, 1] = (gx, gy)``: a world point's image position
+        in the [-1, 1] coordinates of ``torch.nn.functional.grid_sample`` (align_corners=False) —
+        the same whatever the image's pixel size, so it conditions models at any resolution."""
+        h, w = self.image_size
+        cx, cy = self.principal
+        R, eye = self.R, self.eye_array
+        row_x = np.r_[R[0], -R[0] @ eye] * (2.0 * self.scale / w) + np.r_[0.0, 0.0, 0.0, 2.0 * cx / w - 1.0]
+        row_y = np.r_[R[1], -R[1] @ eye] * (-2.0 * self.scale / h) + np.r_[0.0, 0.0, 0.0, 2.0 * cy / h - 1.0]
+        return np.stack([row_x, row_y]).astype(np.float32)
+
     def pixel_mask(self) -> np.ndarray:
         """(H, W) bool: the pixels this camera's viewport owns."""
         h, w = self.image_size
@@ -195,3 +206,16 @@ def random_camera(rng: np.random.Generator, image_size=(256, 256), max_jitter_de
     el = np.deg2rad(35.264 + rng.uniform(-max_jitter_deg, max_jitter_deg))
     eye_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
     return OrthoCamera.looking(-eye_dir, image_size=image_size, name="random")
+
+
+MAX_VIEWS = 4  # a three-view sheet's panels (front, top, side, iso)
+
+
+def grid_projections(cameras, max_views: int = MAX_VIEWS) -> tuple[np.ndarray, np.ndarray]:
+    """The drawing's cameras as models take them: (max_views, 2, 4) float32 grid projections
+    (`OrthoCamera.grid_projection`, zero-padded) and (max_views,) bool, which views exist."""
+    cams = list(cameras)[:max_views]
+    grid = np.zeros((max_views, 2, 4), dtype=np.float32)
+    if cams:
+        grid[: len(cams)] = np.stack([c.grid_projection() for c in cams])
+    return grid, np.arange(max_views) < len(cams)

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from cad3d.geometry.camera import OrthoCamera
 from cad3d.geometry.ops import _as_batched, _chunk_rows
 
-__all__ = ["denormalize", "depth_to_points", "normalize", "soft_voxelize", "voxelize"]
+__all__ = ["denormalize", "depth_to_points", "normalize", "resample_points", "soft_voxelize", "voxelize"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,3 +214,29 @@ def depth_to_points(depth, camera: OrthoCamera | Sequence[OrthoCamera], mask=Non
         return torch.cat(out, dim=0)
     dtype = np.float64 if depth.dtype == np.float64 else np.float32
     return np.concatenate(out, axis=0).astype(dtype)
+
+
+def resample_points(points: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 3) -> (num_points, 3) float32 without repeated points: a random subset when N is large
+    enough, else all N plus midpoints between random points and one of their 4 nearest neighbours
+    (new points stay on the sampled surface where it is locally flat). An empty cloud is a
+    ValueError."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, dtype=np.float32)
+    n = len(pts)
+    if n == 0:
+        raise ValueError("cannot resample an empty point cloud")
+    if n >= num_points:
+        return pts[rng.permutation(n)[:num_points]]
+    k = min(5, n)
+    _, nbrs = cKDTree(pts).query(pts, k=k)  # (N, k), self first
+    nbrs = np.asarray(nbrs).reshape(n, k)
+    extra = num_points - n
+    a = rng.integers(0, n, size=extra)
+    b = nbrs[a, rng.integers(1, k, size=extra)] if k > 1 else a
+    t = rng.uniform(0.25, 0.75, size=(extra, 1)).astype(np.float32)  # not exactly a midpoint: no twins
+    new = pts[a] * t + pts[b] * (1 - t)
+    if k == 1:  # a single point: jitter it so copies differ
+        new = new + rng.normal(0.0, 1e-4, size=new.shape).astype(np.float32)
+    return np.concatenate([pts, new]).astype(np.float32)

@@ -26,6 +26,10 @@ DEFAULT_ONNX_PATH = MODELS_DIR / OUR_MODEL_NAME
 ONNX_IMAGE_SIZE = 256  # the MiDaS v2.1 small input size (H = W)
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "inverse_depth"
+# Extra outputs of our layered exports (MiDaS files have none): (N, K, H, W) camera depth of each
+# ray's first K surface crossings minus EYE_DISTANCE, in normalized-part units, and their
+# probabilities of existing.
+LAYERS_NAME, PRESENCE_NAME = "depth_layers", "layer_presence"
 SIDECAR_FORMAT = "cad3d-depth-onnx"
 PREPROCESSINGS = ("unit", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cad3d.config import config_from_dict
-from cad3d.models.diffusion import NoiseSchedule, NoiseScheduleConfig, guided_eps, make_sampler
+from cad3d.models.diffusion import NoiseSchedule, NoiseScheduleConfig, guided_eps, make_sampler, spaced_timesteps
 from cad3d.models.image_encoders import CNNImageEncoder, ImageEncoder, ImageEncoderConfig, ImageFeatures
 from cad3d.models.pointnet2_unet import PointNet2UNet, PointNet2UNetConfig
 
 # -- the wrapper ---------------------------------------------------------------------------------
 @dataclass
 class DiffusionConfig:
-    """The whole model. ``unet.cond_dim``/``unet.token_dim`` follow the encoder (set here)."""
+    """The whole model. ``unet.cond_dim``/``token_dim``/``proj_dim`` follow the encoder (set here)."""
 
     num_points: int = 4096
     image_size: int = 256
@@ -55,8 +55,8 @@ class DiffusionConfig:
         token_dim = 0
         if enc.tokens:
             token_dim = enc.small_widths[-1] if enc.backbone == "small" else (512 if enc.backbone in ("resnet18", "resnet34") else 0)
-        if self.unet.cond_dim != enc.out_dim or self.unet.token_dim != token_dim:
-            self.unet = dataclasses.replace(self.unet, cond_dim=enc.out_dim, token_dim=token_dim)
+        if (self.unet.cond_dim, self.unet.token_dim, self.unet.proj_dim) != (enc.out_dim, token_dim, enc.fmap_dim):
+            self.unet = dataclasses.replace(self.unet, cond_dim=enc.out_dim, token_dim=token_dim, proj_dim=enc.fmap_dim)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,12 +67,13 @@ class DiffusionConfig:
 
 
 def diffusion_presets() -> dict[str, DiffusionConfig]:
-    """"tiny": a CPU model of a few minutes (512 points, 64 px, 2 levels); "full": the GPU model
-    (4096 points, 1000 steps, ResNet-18 tokens cross-attended at the two coarsest levels)."""
+    """"tiny": a CPU model of minutes (2048 points, 64 px, 2 levels); "full": the GPU model (4096
+    points, ResNet-18 tokens cross-attended at the two coarsest levels). Both read the drawing at
+    each point's projection (a stride-4 feature map)."""
     tiny = DiffusionConfig(
-        num_points=512,
+        num_points=2048,
         image_size=64,
-        encoder=ImageEncoderConfig(backbone="small", out_dim=128, small_widths=(16, 32, 64)),
+        encoder=ImageEncoderConfig(backbone="small", out_dim=128, small_widths=(16, 32, 64), fmap_dim=32),
         unet=PointNet2UNetConfig(
             sa_ratios=(0.25, 0.25), sa_neighbors=(16, 16), sa_radii=(0.2, 0.4), sa_widths=(64, 128),
             fp_widths=(64, 128), in_width=32, time_dim=64, emb_dim=128,
@@ -82,7 +83,7 @@ def diffusion_presets() -> dict[str, DiffusionConfig]:
     full = DiffusionConfig(
         num_points=4096,
         image_size=256,
-        encoder=ImageEncoderConfig(backbone="resnet18", out_dim=512, tokens=True),
+        encoder=ImageEncoderConfig(backbone="resnet18", out_dim=512, tokens=True, fmap_dim=64),
         unet=PointNet2UNetConfig(
             sa_ratios=(0.25, 0.25, 0.25, 0.25), sa_neighbors=(32, 32, 32, 16), sa_radii=(0.1, 0.2, 0.4, 0.8),
             sa_widths=(128, 256, 512, 512), fp_widths=(128, 256, 256, 512), in_width=64, emb_dim=512,
@@ -90,6 +91,27 @@ def diffusion_presets() -> dict[str, DiffusionConfig]:
         ),
     )
     return {"tiny": tiny, "full": full}
+
+
+def iso_projection(batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The drawings' cameras when none are given: every drawing an iso view (the default of the
+    synthetic data and of single-view drawings). Returns cams (B, V, 2, 4), views (B, V) bool."""
+    from cad3d.geometry.camera import grid_projections, iso_camera
+
+    grid, views = grid_projections([iso_camera((64, 64))])  # size-independent; (V, 2, 4), (V,)
+    return (torch.from_numpy(grid).expand(batch, -1, -1, -1).to(device),
+            torch.from_numpy(views).expand(batch, -1).to(device))
+
+
+def _projection(feats: ImageFeatures, cams: Optional[torch.Tensor], views: Optional[torch.Tensor]):
+    """The U-Net's ``projection`` argument: None without a feature map, else (fmap, cams, views)."""
+    if feats.fmap is None:
+        return None
+    if cams is None:
+        cams, views = iso_projection(feats.fmap.shape[0], feats.fmap.device)
+    elif views is None:
+        views = torch.ones(cams.shape[:2], dtype=torch.bool, device=cams.device)
+    return feats.fmap, cams.to(feats.fmap.device), views.to(feats.fmap.device)
 
 
 def denoising_loss(
@@ -100,10 +122,13 @@ def denoising_loss(
     points: torch.Tensor,
     generator: torch.Generator,
     cond_drop_prob: float = 0.0,
+    cams: Optional[torch.Tensor] = None,
+    views: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DDPM loss ``|eps - eps_hat(x_t, t, c)|^2`` (mean) for images (B, 3, H, W) and clouds
-    (B, N, 3); t, eps and the condition-dropout mask are drawn from ``generator`` (on the
-    training device). Returns (loss, {"mse": ..., "cond_dropped": share of dropped conditions})."""
+    (B, N, 3) drawn by cameras ``cams`` (B, V, 2, 4) (``views`` (B, V) which exist; default: iso);
+    t, eps and the condition-dropout mask are drawn from ``generator`` (on the training device).
+    Returns (loss, {"mse": ..., "cond_dropped": share of dropped conditions})."""
     B = points.shape[0]
     dev = points.device
     t = schedule.sample_timesteps(B, generator).to(dev)  # (B,)
@@ -111,7 +136,7 @@ def denoising_loss(
     drop = (torch.rand(B, generator=generator, device=generator.device) < cond_drop_prob).to(dev)  # (B,)
     x_t = schedule.add_noise(points, noise, t)  # (B, N, 3) float32
     feats = image_encoder(images)
-    eps = unet(x_t, t, feats.vector, feats.tokens, drop)  # (B, N, 3)
+    eps = unet(x_t, t, feats.vector, feats.tokens, drop, _projection(feats, cams, views))  # (B, N, 3)
     target = schedule.training_target(points, noise, t)
     mse = F.mse_loss(eps.float(), target.float())
     return mse, {"mse": mse.detach(), "cond_dropped": drop.float().mean()}
@@ -126,7 +151,8 @@ class Diffusion3DModel(nn.Module):
         self.image_encoder = image_encoder if image_encoder is not None else CNNImageEncoder(self.config.encoder)
         if image_encoder is not None:  # e.g. a ViTImageEncoder (the hybrid): the U-Net follows its sizes
             self.config = dataclasses.replace(self.config)
-            self.config.unet = dataclasses.replace(self.config.unet, cond_dim=image_encoder.out_dim, token_dim=image_encoder.token_dim)
+            self.config.unet = dataclasses.replace(self.config.unet, cond_dim=image_encoder.out_dim, token_dim=image_encoder.token_dim,
+                                                   proj_dim=getattr(image_encoder, "fmap_dim", 0))
         self.unet = PointNet2UNet(self.config.unet)
         self.schedule = NoiseSchedule(self.config.schedule)
 
@@ -134,22 +160,25 @@ class Diffusion3DModel(nn.Module):
     def num_points(self) -> int:
         return self.config.num_points
 
-    def get_loss(self, images: torch.Tensor, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """Training loss of a batch: images (B, 3, H, W), points (B, N, 3)."""
-        return denoising_loss(self.image_encoder, self.unet, self.schedule, images, points, generator, self.config.cond_drop_prob)
+    def get_loss(self, images: torch.Tensor, points: torch.Tensor, generator: torch.Generator,
+                 cams: Optional[torch.Tensor] = None, views: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+        """Training loss of a batch: images (B, 3, H, W), points (B, N, 3), cameras as in `denoising_loss`."""
+        return denoising_loss(self.image_encoder, self.unet, self.schedule, images, points, generator,
+                              self.config.cond_drop_prob, cams, views)
 
-    def predict_noise(self, x: torch.Tensor, t: int, feats: ImageFeatures, guidance: float) -> torch.Tensor:
+    def predict_noise(self, x: torch.Tensor, t: int, feats: ImageFeatures, guidance: float, projection=None) -> torch.Tensor:
         """eps_hat (B, N, 3) at timestep t with classifier-free guidance ``guidance`` (1 = the
         conditional model, 0 = the unconditional one; others run both in one batch)."""
         B = x.shape[0]
         tt = torch.full((B,), t, dtype=torch.long, device=x.device)
         if guidance == 1.0:
-            return self.unet(x, tt, feats.vector, feats.tokens)
+            return self.unet(x, tt, feats.vector, feats.tokens, None, projection)
         if guidance == 0.0:
-            return self.unet(x, tt, feats.vector, feats.tokens, torch.ones(B, dtype=torch.bool, device=x.device))
+            return self.unet(x, tt, feats.vector, feats.tokens, torch.ones(B, dtype=torch.bool, device=x.device), projection)
         tokens = torch.cat([feats.tokens, feats.tokens]) if feats.tokens is not None else None
         drop = torch.cat([torch.zeros(B, dtype=torch.bool, device=x.device), torch.ones(B, dtype=torch.bool, device=x.device)])
-        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop)  # (2B, N, 3)
+        both = None if projection is None else tuple(torch.cat([p, p]) for p in projection)
+        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop, both)  # (2B, N, 3)
         return guided_eps(eps[:B], eps[B:], guidance)
 
     @torch.no_grad()
@@ -166,6 +195,10 @@ class Diffusion3DModel(nn.Module):
         num_points: Optional[int] = None,
         x_T: Optional[torch.Tensor] = None,
         condition: bool = True,
+        cams: Optional[torch.Tensor] = None,
+        views: Optional[torch.Tensor] = None,
+        init: Optional[torch.Tensor] = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Point clouds (B, N, 3) for drawings images (B, 3, H, W) in [0, 1].
 
@@ -174,7 +207,10 @@ class Diffusion3DModel(nn.Module):
         deterministic given x_T) or "ddpm" (ancestral). Randomness: ``generator``, else a CPU
         generator seeded with ``seed`` (default 0) — the same seed gives the same clouds.
         ``x_T`` (B, N, 3) starts from given noise. ``condition=False`` samples with the null
-        condition (the unconditional model)."""
+        condition (the unconditional model). ``cams``/``views``: the drawings' cameras (default
+        iso). ``init`` (B, N, 3) with ``strength`` in (0, 1]: refine a given cloud instead of
+        starting from pure noise — it is noised to timestep ``strength * T`` (with ``x_T`` as the
+        noise) and denoised from there with ``steps * strength`` steps (SDEdit)."""
         cfg = self.config
         dev = images.device
         steps = steps or cfg.sample_steps or cfg.schedule.timesteps
@@ -190,10 +226,15 @@ class Diffusion3DModel(nn.Module):
             n = num_points or cfg.num_points
             x = x_T.float().to(dev) if x_T is not None else torch.randn((B, n, 3), generator=generator, device=generator.device).to(dev)
             feats = self.image_encoder(images)
+            projection = _projection(feats, cams, views)
             smp = make_sampler(sampler or cfg.sampler, self.schedule, eta=eta, clip_x0=cfg.clip_x0)
             smp.set_timesteps(steps)
+            if init is not None and strength < 1.0:
+                t_start = max(int(round(strength * (cfg.schedule.timesteps - 1))), 0)
+                smp.timesteps = spaced_timesteps(t_start + 1, max(1, min(t_start + 1, round(steps * strength))))
+                x = self.schedule.add_noise(init.float().to(dev), x, torch.full((B,), t_start, device=dev))  # (B, N, 3)
             for t, t_prev in smp.pairs():
-                eps = self.predict_noise(x, t, feats, guidance)  # (B, N, 3)
+                eps = self.predict_noise(x, t, feats, guidance, projection)  # (B, N, 3)
                 x = smp.step(eps, t, t_prev, x, generator=generator)
             return x
         finally:

@@ -6,7 +6,9 @@
 
 Every block is modulated (FiLM: ``h * (1 + scale) + shift``) by one embedding per sample, the sum
 of a sinusoidal timestep embedding (through an MLP) and the projected global image vector. With
-``cross_attention`` the coarsest levels also attend to image tokens (B, T, D_tok).
+``cross_attention`` the coarsest levels also attend to image tokens (B, T, D_tok). With
+``proj_dim`` > 0 (projection conditioning, as in PC^2, Melas-Kyriazi et al. 2023) every level's
+points also read the image feature map at their projection under the drawing's camera(s).
 Classifier-free guidance: samples whose condition is dropped (``drop`` mask) use a learned null
 image vector (and a learned null token); ``drop=None`` keeps every condition.
 
@@ -54,6 +56,7 @@ class PointNet2UNetConfig:
     cross_attention_levels: int = 0  # the coarsest N SA levels attend to image tokens
     attn_heads: int = 4
     min_points: int = 8
+    proj_dim: int = 0  # channels of the image feature map sampled at each point's projection; 0 = off
 
     def __post_init__(self) -> None:
         n = len(self.sa_ratios)
@@ -187,6 +190,22 @@ class FeaturePropagation(nn.Module):
         return self.mlp(torch.cat([interp, skip_feats], dim=-1), emb)
 
 
+def project_features(fmap: torch.Tensor, cams: torch.Tensor, views: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """Image features at each point's projection, averaged over the drawing's views.
+
+    fmap (B, C, h, w); cams (B, V, 2, 4) grid projections (`OrthoCamera.grid_projection`); views
+    (B, V) bool, which views exist; xyz (B, N, 3) -> (B, N, C). Points projecting outside the image
+    read zeros."""
+    B, N, _ = xyz.shape
+    V = cams.shape[1]
+    homo = torch.cat([xyz, torch.ones_like(xyz[..., :1])], dim=-1).to(fmap.dtype)  # (B, N, 4)
+    grid = torch.einsum("bvij,bnj->bvni", cams.to(fmap.dtype), homo)  # (B, V, N, 2)
+    sampled = F.grid_sample(fmap, grid.reshape(B, V * N, 1, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.view(B, -1, V, N)  # (B, C, V, N)
+    w = views.to(fmap.dtype).view(B, 1, V, 1)
+    return ((sampled * w).sum(dim=2) / w.sum(dim=2).clamp_min(1.0)).transpose(1, 2)  # (B, N, C)
+
+
 class PointNet2UNet(nn.Module):
     """eps_hat (B, N, 3) = forward(x_t (B, N, 3), t (B,), cond (B, cond_dim), tokens, drop)."""
 
@@ -214,6 +233,11 @@ class PointNet2UNet(nn.Module):
         for i in reversed(range(L)):
             coarse = dims[L] if i == L - 1 else cfg.fp_widths[i + 1]
             self.up.append(FeaturePropagation(coarse, dims[i], cfg.fp_widths[i], E))
+        if cfg.proj_dim:  # projected image features into every level: input, each SA, each FP
+            widths = [dims[0]] + list(cfg.sa_widths) + [cfg.fp_widths[i] for i in reversed(range(L))]
+            self.img_in = nn.ModuleList(nn.Linear(cfg.proj_dim, w) for w in widths)
+        else:
+            self.img_in = None
         self.head = nn.Sequential(nn.Linear(cfg.fp_widths[0], cfg.fp_widths[0]), nn.SiLU(), nn.Linear(cfg.fp_widths[0], 3))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -236,20 +260,35 @@ class PointNet2UNet(nn.Module):
         cond: torch.Tensor,
         tokens: Optional[torch.Tensor] = None,
         drop: Optional[torch.Tensor] = None,
+        projection: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """x (B, N, 3) noisy points, t (B,) timesteps, cond (B, cond_dim) global image vector,
-        tokens (B, T, token_dim) or None, drop (B,) bool or None -> predicted noise (B, N, 3)."""
+        tokens (B, T, token_dim) or None, drop (B,) bool or None, projection (fmap (B, proj_dim,
+        h, w), cams (B, V, 2, 4), views (B, V) bool; see `project_features`) when ``proj_dim`` > 0
+        -> predicted noise (B, N, 3)."""
         cfg = self.config
         cond, tokens = self.condition(cond, tokens, drop)
+        if self.img_in is not None and projection is None:
+            raise ValueError("this U-Net is projection-conditioned: pass projection=(fmap, cams, views)")
+        keep = None if drop is None else (~drop).to(cond.dtype).view(-1, 1, 1)  # dropped: no image features
+        level = iter(self.img_in or ())
+
+        def with_image(xyz_l: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            if self.img_in is None:
+                return f
+            g = next(level)(project_features(projection[0], projection[1], projection[2], xyz_l).to(f.dtype))  # (B, N_l, C_l)
+            return f + (g if keep is None else g * keep.to(f.dtype))
+
         emb = self.time_mlp(timestep_embedding(t, cfg.time_dim).to(cond.dtype)) + self.cond_mlp(cond)  # (B, E)
         emb = F.silu(emb)
         if self.attn and tokens is None:
             raise ValueError("this U-Net cross-attends to image tokens: pass tokens (B, T, token_dim)")
         sizes = cfg.level_sizes(x.shape[1])
         xyz = [x]  # level i coordinates (B, N_i, 3)
-        feats = [F.silu(self.in_proj(x))]  # level i features (B, N_i, C_i)
+        feats = [with_image(x, F.silu(self.in_proj(x)))]  # level i features (B, N_i, C_i)
         for i, sa in enumerate(self.down):
             c, f = sa(xyz[-1], feats[-1], sizes[i + 1], emb)
+            f = with_image(c, f)
             if str(i) in self.attn:
                 f = self.attn[str(i)](f, tokens)
             xyz.append(c)
@@ -258,8 +297,11 @@ class PointNet2UNet(nn.Module):
         L = len(self.down)
         for j, fp in enumerate(self.up):
             i = L - 1 - j  # to level i from level i+1
-            h = fp(xyz[i], xyz[i + 1], h, feats[i], emb)  # (B, N_i, fp_widths[i])
+            h = with_image(xyz[i], fp(xyz[i], xyz[i + 1], h, feats[i], emb))  # (B, N_i, fp_widths[i])
         return self.head(h)  # (B, N, 3)
 
 
-__all__ = ["PointNet2UNet", "PointNet2UNetConfig", "SetAbstraction", "FeaturePropagation", "CrossAttention", "timestep_embedding"]
+__all__ = [
+    "PointNet2UNet", "PointNet2UNetConfig", "SetAbstraction", "FeaturePropagation", "CrossAttention", "project_features",
+    "timestep_embedding",
+]

@@ -15,6 +15,7 @@ returns them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -42,7 +43,9 @@ class VisionTransformerConfig:
     dropout: float = 0.0  # on MLP outputs and the residual branches
     attn_dropout: float = 0.0
     num_points: int = 2048  # points predicted per drawing
-    head_hidden: int = 1024  # hidden width of the point-set head
+    head_hidden: int = 1024  # hidden width of the point-set head ("mlp")
+    point_head: str = "mlp"  # "mlp": pooled tokens -> all points; "queries": one query per point
+    decoder_depth: int = 2  # cross-attention blocks of the "queries" head
     num_families: int = NUM_PART_FAMILIES  # classes of the family head (0 disables it)
 
     def __post_init__(self):
@@ -52,6 +55,8 @@ class VisionTransformerConfig:
             raise ValueError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
         if self.num_points < 1:
             raise ValueError(f"num_points must be positive, got {self.num_points}")
+        if self.point_head not in ("mlp", "queries"):
+            raise ValueError(f"point_head must be 'mlp' or 'queries', got {self.point_head!r}")
 
     @property
     def num_patches(self) -> int:
@@ -124,6 +129,59 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class QueryBlock(nn.Module):
+    """Point queries read the drawing: q + cross-attention(ln(q), tokens), then q + mlp(ln(q))."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.ln_q = nn.LayerNorm(config.width)
+        self.q = nn.Linear(config.width, config.width)
+        self.kv = nn.Linear(config.width, 2 * config.width)
+        self.proj = nn.Linear(config.width, config.width)
+        self.ln_2 = nn.LayerNorm(config.width)
+        self.mlp = MLP(config)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        B, N, D = queries.shape
+        h = self.num_heads
+        q = self.q(self.ln_q(queries)).view(B, N, h, D // h).transpose(1, 2)  # (B, h, N, d)
+        k, v = self.kv(tokens).view(B, tokens.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, T, d)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        queries = queries + self.proj(y)
+        return queries + self.mlp(self.ln_2(queries))
+
+
+class PointQueryHead(nn.Module):
+    """One query per output point: a fixed anchor in the unit ball (seeded, so every model of a
+    config has the same ones) embedded by Fourier features and an MLP, then cross-attention blocks
+    over the drawing's tokens, then xyz. Points are predicted natively, none repeated.
+
+    tokens (B, 1+P, D) -> points (B, num_points, 3)."""
+
+    def __init__(self, config: VisionTransformerConfig, num_frequencies: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        anchors = torch.randn(config.num_points, 3, generator=g)
+        anchors = anchors / anchors.norm(dim=1, keepdim=True) * torch.rand(config.num_points, 1, generator=g) ** (1 / 3)
+        freqs = 2.0 ** torch.arange(num_frequencies, dtype=torch.float32) * math.pi  # (F,)
+        self.register_buffer("anchors", anchors, persistent=False)  # (N, 3)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.embed = nn.Sequential(nn.Linear(3 + 6 * num_frequencies, config.width), nn.GELU(), nn.Linear(config.width, config.width))
+        self.blocks = nn.ModuleList(QueryBlock(config) for _ in range(config.decoder_depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.out = nn.Linear(config.width, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        a = self.anchors  # (N, 3)
+        ang = a.unsqueeze(-1) * self.freqs  # (N, 3, F)
+        feats = torch.cat([a, ang.sin().flatten(1), ang.cos().flatten(1)], dim=1)  # (N, 3 + 6F)
+        q = self.embed(feats).unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (B, N, D)
+        for block in self.blocks:
+            q = block(q, tokens)
+        return self.anchors + self.out(self.norm(q))  # (B, N, 3): offsets from the anchors
+
+
 class VisionTransformer(nn.Module):
     """Drawing (B, 3, H, W) in [0, 1] -> point cloud (B, num_points, 3) and family logits."""
 
@@ -136,20 +194,24 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.depth)])
         self.norm = nn.LayerNorm(config.width)
-        # Heads read the cls token and the mean patch token side by side.
-        self.point_head = nn.Sequential(
-            nn.Linear(2 * config.width, config.head_hidden),
-            nn.GELU(),
-            nn.Linear(config.head_hidden, config.num_points * 3),
-        )
+        # The mlp head and the family head read the cls token and the mean patch token side by side.
+        if config.point_head == "queries":
+            self.point_head = PointQueryHead(config)
+        else:
+            self.point_head = nn.Sequential(
+                nn.Linear(2 * config.width, config.head_hidden),
+                nn.GELU(),
+                nn.Linear(config.head_hidden, config.num_points * 3),
+            )
         self.family_head = nn.Linear(2 * config.width, config.num_families) if config.num_families > 0 else None
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         # Start from a spread-out template cloud rather than one point: Chamfer gradients of a
         # collapsed cloud all pull the same way and training stalls.
-        with torch.no_grad():
-            self.point_head[-1].bias.uniform_(-0.5, 0.5)
+        if config.point_head == "mlp":
+            with torch.no_grad():
+                self.point_head[-1].bias.uniform_(-0.5, 0.5)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -190,7 +252,10 @@ class VisionTransformer(nn.Module):
     def forward_head(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Tokens (B, 1+P, D) -> ``points`` (B, num_points, 3), ``family_logits`` (B, F)."""
         pooled = self.pool(tokens)  # (B, 2D)
-        points = self.point_head(pooled).view(-1, self.config.num_points, 3)  # (B, N, 3)
+        if self.config.point_head == "queries":
+            points = self.point_head(tokens)  # (B, N, 3)
+        else:
+            points = self.point_head(pooled).view(-1, self.config.num_points, 3)  # (B, N, 3)
         out = {"points": points}
         if self.family_head is not None:
             out["family_logits"] = self.family_head(pooled)  # (B, F)
@@ -212,10 +277,13 @@ class VisionTransformer(nn.Module):
 
 
 def vit_presets() -> dict[str, VisionTransformerConfig]:
-    """"tiny": a CPU model of minutes (64 px, 2 blocks); "full": the GPU model (256 px, 8 blocks)."""
+    """"tiny": a CPU model of minutes (64 px, 2 blocks); "full": the GPU model (256 px, 8 blocks).
+    Both predict their points natively through one query per point (2048 and 4096)."""
     return {
-        "tiny": VisionTransformerConfig(image_size=64, patch_size=8, width=64, depth=2, num_heads=4, num_points=512, head_hidden=256),
-        "full": VisionTransformerConfig(image_size=256, patch_size=16, width=384, depth=8, num_heads=6, num_points=2048, head_hidden=1024),
+        "tiny": VisionTransformerConfig(image_size=64, patch_size=8, width=64, depth=2, num_heads=4, num_points=2048,
+                                        point_head="queries", decoder_depth=2),
+        "full": VisionTransformerConfig(image_size=256, patch_size=16, width=384, depth=8, num_heads=6, num_points=4096,
+                                        point_head="queries", decoder_depth=4),
     }
 
 

@@ -17,6 +17,8 @@ from torch import nn
 
 from cad3d.models.depth_contract import (
     DEFAULT_ONNX_PATH,
+    LAYERS_NAME,
+    PRESENCE_NAME,
     FOREGROUND_THRESHOLD,
     INPUT_NAME,
     ONNX_IMAGE_SIZE,
@@ -29,22 +31,38 @@ from cad3d.models.depth_contract import (
 
 
 class OnnxDepthWrapper(nn.Module):
-    """The exported graph: (B, 3, S, S) RGB in [0, 1] -> (B, S, S) relative inverse depth.
+    """The exported graph: (B, 3, S, S) RGB in [0, 1] -> (B, S, S) relative inverse depth, and for
+    a layered network also (B, K, S, S) relative layered depth and presence probabilities.
 
     When the network was trained at another resolution, the input is resized to it and the
-    output back to S, so the file keeps the MiDaS contract whatever the training size."""
+    outputs back to S (layers by nearest neighbour, so no pixel mixes two surfaces), so the file
+    keeps the MiDaS contract whatever the training size."""
 
     def __init__(self, model: nn.Module, train_size: int, size: int = ONNX_IMAGE_SIZE):
         super().__init__()
         self.model, self.train_size, self.size = model, int(train_size), int(size)
+        self.layers = int(getattr(getattr(model, "config", None), "layers", 0) or 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.train_size != self.size:
+    def forward(self, x: torch.Tensor):
+        resize = self.train_size != self.size
+        if resize:
             x = F.interpolate(x, size=(self.train_size, self.train_size), mode="bilinear", align_corners=False)
-        y = self.model(x)  # (B, s, s)
-        if self.train_size != self.size:
-            y = F.interpolate(y.unsqueeze(1), size=(self.size, self.size), mode="bilinear", align_corners=False).squeeze(1)
-        return y  # (B, S, S)
+        if not self.layers:
+            y = self.model(x)  # (B, s, s)
+            if resize:
+                y = F.interpolate(y.unsqueeze(1), size=(self.size, self.size), mode="bilinear", align_corners=False).squeeze(1)
+            return y  # (B, S, S)
+        inv, depth, logits = self.model.forward_all(x)  # (B, s, s), (B, K, s, s) x2
+        presence = torch.sigmoid(logits)
+        if resize:
+            inv = F.interpolate(inv.unsqueeze(1), size=(self.size, self.size), mode="bilinear", align_corners=False).squeeze(1)
+            depth = F.interpolate(depth, size=(self.size, self.size), mode="nearest")
+            presence = F.interpolate(presence, size=(self.size, self.size), mode="nearest")
+        return inv, depth, presence  # (B, S, S), (B, K, S, S), (B, K, S, S)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [OUTPUT_NAME] + ([LAYERS_NAME, PRESENCE_NAME] if self.layers else [])
 
 
 @dataclass
@@ -55,12 +73,13 @@ class ExportResult:
     tolerance: float  # the bound it had to stay under
 
 
-def _torch_onnx_export(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _torch_onnx_export(module: OnnxDepthWrapper, example: torch.Tensor, path: Path, opset: int) -> None:
+    names = module.output_names
     kwargs: dict[str, Any] = dict(
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=names,
         opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}},
     )
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         # The TorchScript exporter: the same graph on torch 2.4 .. 2.x without onnxscript.
@@ -123,16 +142,19 @@ def export_depth_onnx(
     wrapper = OnnxDepthWrapper(net, train_size, size).eval()
     inputs = _check_inputs(size)  # (2, 3, S, S)
     with torch.no_grad():
-        expected = wrapper(inputs).numpy()  # (2, S, S)
+        out = wrapper(inputs)
+        expected = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]  # (2, S, S) [, (2, K, S, S) x2]
     tmp = temp_path(path)  # exported and checked there, published only when it matches
     try:
         _torch_onnx_export(wrapper, inputs[:1], tmp, opset)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 1].numpy()})[0] for i in range(len(inputs))])
-        if got.shape != expected.shape:
-            raise DepthModelError(f"{path}: exported ONNX output has shape {got.shape}, PyTorch {expected.shape}")
-        diff = float(np.abs(got - expected).max())
-        tolerance = atol + rtol * float(np.abs(expected).max())
+        runs = [session.run(None, {INPUT_NAME: inputs[i : i + 1].numpy()}) for i in range(len(inputs))]
+        got = [np.concatenate([r[j] for r in runs]) for j in range(len(expected))]
+        if [g.shape for g in got] != [e.shape for e in expected]:
+            raise DepthModelError(f"{path}: exported ONNX outputs have shapes {[g.shape for g in got]}, PyTorch {[e.shape for e in expected]}")
+        # Presence near 0.5 may flip under float noise; the depths and probabilities are compared.
+        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+        tolerance = atol + rtol * max(float(np.abs(e).max()) for e in expected)
         if not diff <= tolerance:
             raise DepthModelError(f"{path}: exported ONNX output differs from PyTorch by {diff:.3g} (> {tolerance:.3g})")
         # Sidecar first, model last: a crash in between leaves the previous model beside the new
@@ -152,6 +174,11 @@ def export_depth_onnx(
                 "mean": None,
                 "std": None,
                 "output_meaning": "relative inverse depth, larger = closer; <= 0 on paper, >= 1 on the part",
+                "layers": None if not wrapper.layers else {
+                    "count": wrapper.layers, "depth_output": LAYERS_NAME, "presence_output": PRESENCE_NAME,
+                    "meaning": "camera depth of each ray's first K surface crossings minus the camera distance, "
+                               "in units of the part normalized into the unit sphere (the drawing frames that sphere)",
+                },
                 "foreground_threshold": FOREGROUND_THRESHOLD,
                 "train_image_size": int(train_size),
                 "opset": int(opset),

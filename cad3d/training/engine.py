@@ -375,23 +375,23 @@ class Engine:
         self.val_loader.generator.manual_seed(loader_seed(cfg.seed, epoch, self.dist.rank) + 2)
         dtype = PRECISIONS[cfg.precision]
         sums: dict[str, float] = {}
-        count = 0
+        counts: dict[str, int] = {}  # a metric may be measured on some batches only
         for batch in self.val_loader:
             batch = task.to_device(batch, self.device)
             ctx = StepContext(epoch, 0, self.device, generator, cfg.precision, self.dist.world_size, self.dist.rank)
             with torch.amp.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 values = task.validation_step(self.modules, batch, ctx)
             n = task.batch_size_of(batch)
-            count += n
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
+                counts[k] = counts.get(k, 0) + n
         for m in self.modules.values():
             m.train()
         names = sorted(sums)
-        flat = torch.tensor([float(count)] + [sums[k] for k in names], dtype=torch.float64, device=self.device)
+        flat = torch.tensor([sums[k] for k in names] + [float(counts[k]) for k in names], dtype=torch.float64, device=self.device)
         D.all_reduce_sum(flat, self.dist)
         values = flat.tolist()
-        return {k: values[1 + i] / max(values[0], 1.0) for i, k in enumerate(names)}
+        return {k: values[i] / max(values[len(names) + i], 1.0) for i, k in enumerate(names)}
 
     def _log_epoch(self, entry: dict, epoch_log: list) -> None:
         """Write the whole epoch log atomically; TensorBoard scalars; one log line."""

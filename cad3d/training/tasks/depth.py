@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cad3d.config import config_from_dict
-from cad3d.data.dataset import index_dataset, load_depth, load_drawing
+from cad3d.data.dataset import index_dataset, load_depth, load_drawing, load_layers
+from cad3d.geometry.camera import EYE_DISTANCE
 from cad3d.errors import DatasetError
-from cad3d.models.depth_net import DepthNet, DepthNetConfig
+from cad3d.models.depth_net import DepthNet, DepthNetConfig, depth_presets
 from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
 from cad3d.training.tasks.splits import split_datasets
 
@@ -50,17 +51,20 @@ logger = logging.getLogger(__name__)
 
 
 class DrawingDepthDataset(torch.utils.data.Dataset):
-    """(drawing, camera depth) pairs of a dataset folder.
+    """(drawing, camera depth[, layered depth]) of a dataset folder.
 
     ``dataset[i]`` is ``(image (3, S, S) float32 RGB in [0, 1], depth (S, S) float32 c_z in world
     units, 0 = background)``, both at ``image_size`` S (drawing resized bilinearly, depth by
-    nearest neighbour so no pixel mixes part and paper). With ``augment``, a left-right mirror
-    (a mirrored part seen by a mirrored camera: still a valid drawing/depth pair) drawn from
-    ``(seed, epoch, i)``. Samples without ``depth/<stem>.npy`` are an error naming the file.
+    nearest neighbour so no pixel mixes part and paper), plus with ``layers`` K > 0 the layered
+    depth (K, S, S) of ``layers/<stem>.npy`` (nearest neighbour, 0 = no crossing). With
+    ``augment``, a left-right mirror (a mirrored part seen by a mirrored camera: still a valid
+    drawing/depth pair) drawn from ``(seed, epoch, i)``. Missing files are errors naming them.
     """
 
-    def __init__(self, data_dir, image_size: int = 256, augment: bool = False, split: str | None = None, seed: int = 0):
+    def __init__(self, data_dir, image_size: int = 256, augment: bool = False, split: str | None = None, seed: int = 0,
+                 layers: int = 0):
         self.data_dir = Path(data_dir)
+        self.layers = int(layers)
         self.image_size = int(image_size)
         self.augment = bool(augment)
         self.seed = int(seed)
@@ -76,22 +80,28 @@ class DrawingDepthDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rec = self.records[i]
         s = self.image_size
         gray = torch.from_numpy(load_drawing(rec.image, s))  # (S, S)
-        depth = torch.from_numpy(load_depth(rec.depth))  # (h, w)
-        if tuple(depth.shape) != (s, s):
-            depth = F.interpolate(depth[None, None], size=(s, s), mode="nearest")[0, 0]
+        maps = [torch.from_numpy(load_depth(rec.depth))[None]]  # (1, h, w)
+        if self.layers:
+            stack = torch.from_numpy(load_layers(self.data_dir / "layers" / f"{rec.stem}.npy"))[: self.layers]  # (k, h, w)
+            if stack.shape[0] < self.layers:  # fewer crossings stored than the model predicts
+                stack = torch.cat([stack, stack.new_zeros(self.layers - stack.shape[0], *stack.shape[1:])])
+            maps.append(stack)
+        maps = [m if tuple(m.shape[-2:]) == (s, s) else F.interpolate(m[None], size=(s, s), mode="nearest")[0] for m in maps]
         if self.augment and np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5:
-            gray, depth = gray.flip(-1), depth.flip(-1)
-        return gray.unsqueeze(0).expand(3, -1, -1).contiguous(), depth.contiguous()
+            gray, maps = gray.flip(-1), [m.flip(-1) for m in maps]
+        image = gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+        return (image, maps[0][0].contiguous()) + tuple(m.contiguous() for m in maps[1:])
 
 
 @dataclass
 class DepthTaskConfig:
     model: DepthNetConfig = field(default_factory=DepthNetConfig)
     fg_weight: float = 1.0  # weight of the foreground/background hinge
+    layer_weight: float = 1.0  # weight of the layered-depth terms (model.layers > 0)
     augment: bool = True
     onnx_path: Optional[str] = "models/cad3d_depth_256.onnx"  # exported at the end; None = no export
 
@@ -139,6 +149,43 @@ def foreground_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * (bg_term + fg_term)
 
 
+def layered_depth_loss(depth_pred: torch.Tensor, logits: torch.Tensor, layers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 of the predicted relative depth on the crossings that exist, BCE of the presence
+    logits): depth_pred, logits (B, K, H, W); layers (B, K, H, W) camera depth c_z, 0 = none."""
+    present = layers > 0
+    rel = torch.where(present, layers - EYE_DISTANCE, torch.zeros_like(layers))
+    l1 = ((depth_pred.float() - rel).abs() * present).sum() / present.sum().clamp_min(1)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), present.float())
+    return l1, bce
+
+
+def predicted_layers(depth_pred: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Camera depth c_z (..., K, H, W) of the crossings the network says exist, 0 elsewhere."""
+    return torch.where(logits > 0, depth_pred.float() + EYE_DISTANCE, torch.zeros_like(depth_pred, dtype=torch.float32))
+
+
+def layered_chamfer(depth_pred: torch.Tensor, logits: torch.Tensor, layers: torch.Tensor, num_points: int = 1024) -> float:
+    """Mean Chamfer-L2 between the clouds lifted from predicted and true layered depth (B, K, H, W),
+    through the iso camera of the image size (exact for single-view drawings; a proxy for sheets)."""
+    from cad3d.data.layers import sample_layers
+    from cad3d.geometry.camera import iso_camera
+    from cad3d.geometry.ops import chamfer_distance
+
+    cam = iso_camera(tuple(layers.shape[-2:]))
+    pred = predicted_layers(depth_pred, logits).cpu().numpy()
+    true = layers.float().cpu().numpy()
+    scores = []
+    for i in range(len(true)):
+        rng = np.random.default_rng(i)
+        try:
+            a = sample_layers(pred[i], [cam], num_points, rng)
+        except ValueError:  # nothing predicted: as far off as a cloud at the origin
+            a = np.zeros((num_points, 3), dtype=np.float32)
+        b = sample_layers(true[i], [cam], num_points, rng)
+        scores.append(float(chamfer_distance(torch.from_numpy(a)[None], torch.from_numpy(b)[None])))
+    return float(np.mean(scores))
+
+
 def depth_loss(pred: torch.Tensor, depth: torch.Tensor, fg_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """pred (B, H, W) network output; depth (B, H, W) camera depth c_z (0 = background)."""
     target, mask = inverse_depth_target(depth.float())
@@ -168,6 +215,7 @@ class DepthTask(TrainTask):
     def __init__(self, config: DepthTaskConfig | None = None):
         super().__init__(config)
         self._model: nn.Module | None = None  # the module built for the engine (exported at the end)
+        self._val_chamfer: list[tuple[float, int]] = []
         self._rank = 0
 
     @classmethod
@@ -180,8 +228,7 @@ class DepthTask(TrainTask):
     # -- presets / data ----------------------------------------------------------------
     @classmethod
     def presets(cls) -> dict[str, DepthTaskConfig]:
-        tiny = DepthTaskConfig(model=DepthNetConfig(base_channels=8, max_channels=32, levels=3, image_size=128))
-        return {"tiny": tiny, "full": DepthTaskConfig()}
+        return {name: DepthTaskConfig(model=config) for name, config in depth_presets().items()}
 
     @classmethod
     def engine_presets(cls) -> dict[str, dict[str, Any]]:
@@ -194,23 +241,40 @@ class DepthTask(TrainTask):
         """(train, val): the folder's train/val splits, or all samples and no val without a manifest."""
         cfg = self.config
         return split_datasets(data_dir, lambda split, augment: DrawingDepthDataset(
-            data_dir, image_size=cfg.model.image_size, augment=augment and cfg.augment, split=split, seed=seed))
+            data_dir, image_size=cfg.model.image_size, augment=augment and cfg.augment, split=split, seed=seed,
+            layers=cfg.model.layers))
 
     # -- model / steps ------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
         self._model = DepthNet(self.config.model)
         return {"model": self._model}
 
+    def _loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        images, depth = batch[0], batch[1]  # (B, 3, S, S), (B, S, S)
+        if not self.config.model.layers:
+            loss, parts = depth_loss(model(images), depth, self.config.fg_weight)
+            return loss, parts, None
+        inv, layer_depth, logits = model.forward_all(images)  # (B, S, S), (B, K, S, S) x2
+        loss, parts = depth_loss(inv, depth, self.config.fg_weight)
+        l1, bce = layered_depth_loss(layer_depth, logits, batch[2])
+        parts.update(layer_l1=l1.detach(), presence=bce.detach())
+        return loss + self.config.layer_weight * (l1 + bce), parts, (layer_depth, logits)
+
     def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
         self._rank = ctx.rank
-        images, depth = batch  # (B, 3, S, S), (B, S, S)
-        pred = modules["model"](images)  # (B, S, S)
-        return depth_loss(pred, depth, self.config.fg_weight)
+        loss, parts, _ = self._loss(modules["model"], batch)
+        return loss, parts
 
     def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
-        images, depth = batch
-        loss, parts = depth_loss(modules["model"](images), depth, self.config.fg_weight)
-        return {"val_loss": float(loss), "val_ssi": float(parts["ssi"]), "val_fg": float(parts["fg"])}
+        loss, parts, layered = self._loss(modules["model"], batch)
+        metrics = {"val_loss": float(loss), **{f"val_{k}": float(v) for k, v in parts.items()}}
+        if layered is not None:
+            metrics["val_chamfer"] = layered_chamfer(*layered, batch[2])
+            self._val_chamfer.append((metrics["val_chamfer"], len(batch[0])))
+        return metrics
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        self._val_chamfer = []  # (score, batch size) of this epoch's validation: stored with the export
 
     # -- end of training: ONNX ---------------------------------------------------------
     def report_extras(self) -> dict[str, Any]:
@@ -223,7 +287,10 @@ class DepthTask(TrainTask):
         from cad3d.training.depth_export import export_depth_onnx
 
         try:
-            result = export_depth_onnx(self._model, self.config.onnx_path, extra_info={"task_config": self.config_dict()})
+            info: dict[str, Any] = {"task_config": self.config_dict()}
+            if self._val_chamfer:  # the converter's `auto` compares paths by this score
+                info["val_chamfer"] = sum(c * n for c, n in self._val_chamfer) / sum(n for _, n in self._val_chamfer)
+            result = export_depth_onnx(self._model, self.config.onnx_path, extra_info=info)
         except Exception as exc:  # noqa: BLE001 - reported, the checkpoints are already saved
             logger.error("ONNX export to %s failed: %s", self.config.onnx_path, exc)
             return {"onnx": {"path": str(self.config.onnx_path), "error": str(exc)}}

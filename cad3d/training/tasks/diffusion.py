@@ -22,15 +22,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from cad3d.config import config_from_dict
 from cad3d.models.diffusion import NoiseSchedule
-from cad3d.models.diffusion_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets
+from cad3d.geometry.ops import chamfer_distance
+from cad3d.models.diffusion_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets, iso_projection
 from cad3d.training.replay import ReplayBuffer
 from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
 from cad3d.training.tasks.splits import split_datasets
+
+
+class CameraDataset(torch.utils.data.Dataset):
+    """`CAD2D3DDataset` samples with their drawing's cameras, for projection conditioning:
+    ``(image (3, H, W), points (N, 3), cams (MAX_VIEWS, 2, 4), views (MAX_VIEWS,) bool)`` (see
+    `cad3d.geometry.camera.grid_projections`); samples without recorded cameras are iso views."""
+
+    def __init__(self, base):
+        self.base = base
+        self._cams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def records(self):
+        return self.base.records
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def cameras(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in self._cams:
+            from cad3d.data.dataset import load_meta
+            from cad3d.geometry.camera import OrthoCamera, grid_projections, iso_camera
+
+            rec = self.records[i]
+            meta = load_meta(rec.meta) if rec.meta is not None else {}
+            cams = [OrthoCamera.from_dict(c) for c in (meta.get("cameras") or [])] or [iso_camera((64, 64))]
+            grid, views = grid_projections(cams)
+            self._cams[i] = torch.from_numpy(grid), torch.from_numpy(views)
+        return self._cams[i]
+
+    def __getitem__(self, i: int):
+        image, points = self.base[i]
+        return (image, points) + self.cameras(i)
 
 
 @dataclass
@@ -49,6 +88,9 @@ class DiffusionTaskConfig:
     replay_seed: int = 0
     save_every: int = 10
     offer_to_replay: bool = True  # offer every training batch to the buffer (off when the caller adds)
+    val_samples: int = 8  # val drawings sampled each epoch for val_chamfer (0: loss only)
+    val_steps: int = 10  # DDIM steps of those samples
+    guidance_grid: tuple = (1.0, 2.0, 3.0)  # guidance scales tried on them; the best is stored
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
@@ -57,6 +99,9 @@ class DiffusionTaskConfig:
             raise ValueError(f"replay_ratio must be >= 0, got {self.replay_ratio}")
         if self.save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {self.save_every}")
+        self.guidance_grid = tuple(float(g) for g in self.guidance_grid)
+        if not self.guidance_grid:
+            raise ValueError("guidance_grid needs at least one scale")
 
 
 @register_task
@@ -76,7 +121,7 @@ class DiffusionTask(TrainTask):
         best_file="diffusion_best.pth",
         every_n_epochs=10,
         report_file="training_report.json",
-        monitor="train_loss",
+        monitor="val_chamfer",  # sampled clouds against the truth: what conversion is judged by
         engine_keys={"loss": "train_loss", "best_loss": "best_metric", "loss_history": "loss_history"},
     )
 
@@ -125,9 +170,9 @@ class DiffusionTask(TrainTask):
         from cad3d.data.dataset import CAD2D3DDataset
 
         m = self.config.model
-        return split_datasets(data_dir, lambda split, augment: CAD2D3DDataset(
+        return split_datasets(data_dir, lambda split, augment: CameraDataset(CAD2D3DDataset(
             data_dir, augment=augment and self.config.augment, split=split, image_size=m.image_size,
-            num_points=m.num_points, seed=seed))
+            num_points=m.num_points, seed=seed)))
 
     # -- model -------------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
@@ -162,21 +207,52 @@ class DiffusionTask(TrainTask):
         points = torch.cat([points, old_points.to(points.device, points.dtype)])  # (B+k, N, 3)
         return images, points
 
+    @staticmethod
+    def _cameras(batch: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's cameras (B, V, 2, 4) and views (B, V), or iso for (image, points) batches."""
+        if len(batch) >= 4:
+            return batch[2], batch[3]
+        return iso_projection(images.shape[0], images.device)
+
     def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
         images, points = batch[0], batch[1]  # (B, 3, H, W), (B, N, 3)
+        cams, views = self._cameras(batch, images)
         mixed_images, mixed_points = self._mix_replay(images, points)
+        if len(mixed_images) > len(images):  # replayed pairs were drawn as single iso views
+            extra_cams, extra_views = iso_projection(len(mixed_images) - len(images), images.device)
+            cams, views = torch.cat([cams, extra_cams.to(cams.dtype)]), torch.cat([views, extra_views])
         if self.config.offer_to_replay:
             self.replay_buffer.add(images, points)
-        loss, parts = denoising_loss(
+        return denoising_loss(
             modules["image_encoder"], modules["unet"], self.schedule(ctx.device), mixed_images, mixed_points,
-            ctx.generator, self.config.model.cond_drop_prob,
+            ctx.generator, self.config.model.cond_drop_prob, cams, views,
         )
-        return loss, parts
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        self._val_sampled = 0  # val drawings sampled so far this epoch
+        self._val_by_guidance: dict[float, list[float]] = {}
 
     def validation_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext) -> dict[str, float]:
         images, points = batch[0], batch[1]
-        loss, _ = denoising_loss(modules["image_encoder"], modules["unet"], self.schedule(ctx.device), images, points, ctx.generator, 0.0)
-        return {"val_loss": float(loss)}
+        cams, views = self._cameras(batch, images)
+        loss, _ = denoising_loss(modules["image_encoder"], modules["unet"], self.schedule(ctx.device), images, points,
+                                 ctx.generator, 0.0, cams, views)
+        metrics = {"val_loss": float(loss)}
+        k = min(len(images), self.config.val_samples - getattr(self, "_val_sampled", 0))
+        if k > 0:  # sample a few val drawings at each guidance scale: the score conversion is judged by
+            self._val_sampled = getattr(self, "_val_sampled", 0) + k
+            model = self.inference_model(modules)
+            noise = torch.randn(points[:k].shape, generator=ctx.generator, device=ctx.generator.device).to(points.device)
+            for g in self.config.guidance_grid:
+                clouds = model.sample(images[:k], self.config.val_steps, g, x_T=noise, cams=cams[:k], views=views[:k])
+                cd = chamfer_distance(clouds.float(), points[:k].float(), reduction="none")  # (k,)
+                self._val_by_guidance.setdefault(g, []).extend(cd.tolist())
+                metrics[f"val_chamfer_g{g:g}"] = float(cd.mean())
+            best = min(self._val_by_guidance, key=lambda g: np.mean(self._val_by_guidance[g]))
+            self.config.model.guidance_scale = best  # stored with the weights (model_config)
+            metrics["val_chamfer"] = float(np.mean(self._val_by_guidance[best]))
+            metrics["guidance_scale"] = best
+        return metrics
 
     # -- checkpoint / logs --------------------------------------------------------------
     def checkpoint_extras(self) -> dict[str, Any]:

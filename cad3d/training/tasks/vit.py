@@ -166,7 +166,7 @@ class ViTTask(TrainTask):
         out = modules["model"](image)
         loss, parts = self._loss(out, points, family)
         fscore, _, _ = f_score(out["points"].float(), points.float(), tau_rel=0.01)  # (B,)
-        metrics = {"val_loss": float(loss), "chamfer": float(parts["chamfer"]), "fscore_1pct": float(fscore.mean())}
+        metrics = {"val_loss": float(loss), "val_chamfer": float(parts["chamfer"]), "fscore_1pct": float(fscore.mean())}
         known = family != IGNORE_FAMILY  # (B,)
         if "family_logits" in out and bool(known.any()):
             correct = (out["family_logits"].argmax(dim=-1) == family) & known
