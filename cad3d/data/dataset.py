@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def load_drawing(path: Path, image_size: int | None = None) -> np.ndarray:
 
     path = Path(path)
     try:
-        with Image.open(path, formats=DRAWING_FORMATS) as im:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; the cap below turns that into an error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=DRAWING_FORMATS)
+        with im:
             w, h = im.size
             if w < 1 or h < 1:
                 raise DatasetError(f"{path}: empty image ({w}x{h} pixels)")

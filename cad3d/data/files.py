@@ -8,10 +8,12 @@ a plain file name, so joining it to a dataset sub-folder never leaves that folde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import reprlib
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,29 @@ def plain_stem(stem, where: str) -> str:
     return stem
 
 
+@contextlib.contextmanager
+def _dataset_errors(path: Path, what: str, errors: tuple, cause: str):
+    """Turn the ``errors`` raised inside into DatasetError "<path>: <cause> (...)"."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing {what}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: {what} is a folder, not a file") from None
+    except errors as exc:
+        raise DatasetError(f"{path}: {cause} ({type(exc).__name__}: {exc})") from None
+
+
+# numpy's header parser (literal_eval, and tokenize for old headers) reports a malformed header
+# with any of these.
+_NPY_ERRORS = (ValueError, SyntaxError, TypeError, OverflowError, RecursionError, EOFError, OSError,
+               tokenize.TokenError)
+# ValueError covers JSONDecodeError and over-long integer literals.
+_JSON_ERRORS = (ValueError, UnicodeDecodeError, RecursionError, OSError)
+
+
 def read_npy(path: Path, what: str, *, kinds: str = "f") -> np.ndarray:
     """The array of ``path`` (a `.npy` file) whose dtype kind is one of ``kinds``.
 
@@ -60,43 +85,33 @@ def read_npy(path: Path, what: str, *, kinds: str = "f") -> np.ndarray:
     file holds, so a forged shape is refused before anything is allocated.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise DatasetError(f"{path}: empty {what} file (0 bytes)")
-            if size > MAX_NPY_BYTES:
-                raise DatasetError(f"{path}: {what} file too large ({size:,} bytes; at most {MAX_NPY_BYTES:,})")
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise DatasetError(f"{path}: unsupported .npy format version {version}")
-            if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-                raise DatasetError(f"{path}: {what} must be a plain numeric array, got dtype {dtype}")
-            if dtype.kind not in kinds:
-                raise DatasetError(f"{path}: {what} has the wrong dtype {dtype}")
-            if any(d < 0 for d in shape):
-                raise DatasetError(f"{path}: corrupt .npy header (negative shape {shape})")
-            count = math.prod(shape)
-            expected, present = count * dtype.itemsize, size - f.tell()
-            if expected != present:
-                raise DatasetError(
-                    f"{path}: corrupt or truncated .npy: its header says shape {describe(shape)} "
-                    f"({expected:,} bytes of data) but the file holds {present:,}"
-                )
-            arr = np.fromfile(f, dtype=dtype, count=count)
-    except DatasetError:
-        raise
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing {what}") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: {what} is a folder, not a file") from None
-    except (ValueError, SyntaxError, TypeError, OverflowError, RecursionError, EOFError, OSError) as exc:
-        # numpy's header parser reports a malformed header with any of these.
-        raise DatasetError(f"{path}: corrupt or unreadable .npy ({type(exc).__name__}: {exc})") from None
+    with _dataset_errors(path, what, _NPY_ERRORS, "corrupt or unreadable .npy"), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise DatasetError(f"{path}: empty {what} file (0 bytes)")
+        if size > MAX_NPY_BYTES:
+            raise DatasetError(f"{path}: {what} file too large ({size:,} bytes; at most {MAX_NPY_BYTES:,})")
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DatasetError(f"{path}: unsupported .npy format version {version}")
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            raise DatasetError(f"{path}: {what} must be a plain numeric array, got dtype {dtype}")
+        if dtype.kind not in kinds:
+            raise DatasetError(f"{path}: {what} has the wrong dtype {dtype}")
+        if any(d < 0 for d in shape):
+            raise DatasetError(f"{path}: corrupt .npy header (negative shape {shape})")
+        count = math.prod(shape)
+        expected, present = count * dtype.itemsize, size - f.tell()
+        if expected != present:
+            raise DatasetError(
+                f"{path}: corrupt or truncated .npy: its header says shape {describe(shape)} "
+                f"({expected:,} bytes of data) but the file holds {present:,}"
+            )
+        arr = np.fromfile(f, dtype=dtype, count=count)
     if arr.size != count:
         raise DatasetError(f"{path}: corrupt or truncated .npy (read {arr.size} of {count} values)")
     return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
@@ -106,17 +121,8 @@ def read_json(path: Path, what: str):
     """The JSON value of ``path``; DatasetError for a missing, oversized, undecodable or
     pathologically nested file."""
     path = Path(path)
-    try:
+    with _dataset_errors(path, what, _JSON_ERRORS, f"corrupt {what} JSON"):
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise DatasetError(f"{path}: {what} too large ({size:,} bytes; at most {MAX_JSON_BYTES:,})")
         return json.loads(path.read_bytes().decode("utf-8"))
-    except DatasetError:
-        raise
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing {what}") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: {what} is a folder, not a file") from None
-    except (ValueError, UnicodeDecodeError, RecursionError, OSError) as exc:
-        # ValueError covers JSONDecodeError and over-long integer literals.
-        raise DatasetError(f"{path}: corrupt {what} JSON ({type(exc).__name__}: {exc})") from None
