@@ -2,7 +2,8 @@
 
 The fuzz cases are seeded (same cases every run) and counted per kind; a case "escapes" when a
 loader, the index or `CAD2D3DDataset.__getitem__` raises anything but DatasetError, when
-`check_dataset` raises at all, or when it reports nothing about a file a loader refused.
+`check_dataset` raises at all, or when it reports no problem (for a file other than the manifest:
+no problem naming it) where a loader refused the file.
 """
 
 from __future__ import annotations
@@ -123,6 +124,23 @@ def test_npy_header_claiming_billions_of_rows_is_refused_before_allocating(tmp_p
         path.write_bytes(npy_with_header(header, b"\x00" * 12))
         with pytest.raises(DatasetError, match=match):
             load_points(path)
+
+
+def test_hostile_files_in_a_dataset_are_listed_by_check_and_named_by_training(work, capsys):
+    (work / "images" / f"{STEM}.png").write_bytes(png_bytes(30000, 30000, b"\x00" * 100))
+    billions = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3000000000, 3), }", b"\x00" * 12)
+    (work / "pointclouds" / "synthetic_0002.npy").write_bytes(billions)
+    (work / "dense" / "synthetic_0000.npy").write_bytes(billions)
+    report = check_dataset(work)
+    assert report.counts() == {"oversized file": 1, "corrupt file": 2}
+    assert main(["data", "check", str(work)]) == 1
+    out = capsys.readouterr().out
+    assert "oversized file: 1" in out and f"{STEM}.png: image too large" in out
+    ds = CAD2D3DDataset(work, image_size=64, num_points=32)
+    with pytest.raises(DatasetError, match=f"{STEM}.png: image too large"):
+        ds[1]
+    with pytest.raises(DatasetError, match="synthetic_0002.npy: corrupt or truncated"):
+        ds[2]
 
 
 HOSTILE_MANIFEST_SAMPLES = {
@@ -296,7 +314,10 @@ def run_case(root: Path, kind: str, data: bytes) -> str | None:
         report = check_dataset(root)
     except Exception as exc:  # noqa: BLE001
         return f"check: {type(exc).__name__}: {exc}"[:300]
-    if refused and not any(path.name in m for _, m in report.problems):
+    if refused and report.ok:
+        return f"check: lists no problem, but the loader refused {path.name}"
+    # An emptied manifest is reported through its consequence (samples in no manifest).
+    if refused and kind != "manifest json" and not any(path.name in m for _, m in report.problems):
         return f"check: lists nothing about {path.name}, which the loader refused"
     return None
 

@@ -93,8 +93,8 @@ def _init(job: _ImportJob) -> None:
     _JOB = job
 
 
-def _import_one(item: tuple[int, int, str, str]):
-    index, total, path_str, stem = item
+def _import_one(item: tuple[int, str, str]):
+    index, path_str, stem = item
     path = Path(path_str)
     assert _JOB is not None
     try:
@@ -143,12 +143,12 @@ def import_meshes(
                               dense_points=dense_points)
     prepare_output(out_dir, settings)
     used: set[str] = set()
-    items = [(i, len(files), str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
+    items = [(i, str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
     results = run_parallel(_init, _import_one, items, _ImportJob(str(out_dir), seed, settings),
                            min(workers, len(items)), "import", progress)
     report = ImportReport()
     entries = []
-    for (_, _, path, _), (entry, notes, error) in zip(items, results):
+    for (_, path, _), (entry, notes, error) in zip(items, results):
         if error:
             report.skipped.append((path, error))
             log.warning("skipped %s", error)
