@@ -27,7 +27,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 def test_layout_and_metadata(tiny_dataset):
     stems = sorted(p.stem for p in (tiny_dataset / "images").glob("*.png"))
     assert len(stems) == 16 and stems[0] == "synthetic_0000"
-    for sub, suffix in (("pointclouds", ".npy"), ("depth", ".npy"), ("meta", ".json")):
+    for sub, suffix in (("pointclouds", ".npy"), ("depth", ".npy"), ("meta", ".json"), ("dense", ".npy")):
         assert sorted(p.stem for p in (tiny_dataset / sub).glob(f"*{suffix}")) == stems
     pts = np.load(tiny_dataset / "pointclouds" / "synthetic_0003.npy")
     assert pts.shape == (512, 3) and pts.dtype == np.float32
@@ -35,7 +35,11 @@ def test_layout_and_metadata(tiny_dataset):
     meta = json.loads((tiny_dataset / "meta" / "synthetic_0003.json").read_text())
     assert {"family", "parameters", "cameras", "normalization", "split"} <= set(meta)
     assert meta["normalization"]["scale"] > 0 and len(meta["normalization"]["center"]) == 3
+    dense = np.load(tiny_dataset / "dense" / "synthetic_0003.npy")
+    assert dense.shape == (32768, 3) and dense.dtype == np.float16 and meta["dense_points"] == 32768
+    assert np.abs(dense.astype(np.float32)).max() <= 1.0 + 1e-3
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    assert manifest["version"] == 2
     assert [s["stem"] for s in manifest["samples"]] == stems
     assert sum(manifest["counts"].values()) == 16
     assert len({s["family"] for s in manifest["samples"]}) >= 5  # families are mixed
@@ -233,18 +237,43 @@ def test_mesh_normalization_follows_the_geometry_convention():
     assert info["scale"] == pytest.approx(float(scale))
 
 
-def test_splits_have_exact_counts_and_small_sets_keep_held_out_samples():
+def test_split_is_a_function_of_seed_and_index_alone():
+    """Growing a dataset never moves a part between splits; fractions hold; small sets keep
+    held-out samples. (The rule used to cut a seeded permutation of all N samples at exact
+    counts, so a part's split changed with N; exact counts now hold per block of 10 indices.)"""
     from collections import Counter
 
-    from cad3d.data.synth import split_counts, split_for
+    from cad3d.data.synth import split_for
 
-    assert split_counts(1000) == (800, 100, 100)
-    for n in (3, 5, 20, 24):
-        counts = Counter(split_for(0, i, n) for i in range(n))
-        assert counts["val"] >= 1 and counts["test"] >= 1 and sum(counts.values()) == n
-        assert tuple(counts[s] for s in ("train", "val", "test")) == split_counts(n)
-    assert [split_for(3, i, 50) for i in range(50)] == [split_for(3, i, 50) for i in range(50)]
-    assert [split_for(3, i, 50) for i in range(50)] != [split_for(4, i, 50) for i in range(50)]
+    counts = Counter(split_for(0, i) for i in range(2000))
+    assert counts == {"train": 1600, "val": 200, "test": 200}  # 8/1/1 in every block of 10
+    other = Counter(split_for(5, i, (0.75, 0.15, 0.1)) for i in range(2000))
+    assert abs(other["val"] / 2000 - 0.15) < 0.03 and abs(other["test"] / 2000 - 0.1) < 0.03
+    for seed in range(100):  # any set of >= 3 samples has a val and a test sample
+        assert sorted(split_for(seed, i) for i in range(3)) == ["test", "train", "val"]
+    for n in (5, 10, 20):  # the counts the old exact rule gave these sizes
+        c = Counter(split_for(1, i) for i in range(n))
+        assert (c["train"], c["val"], c["test"]) == (n - 2 * max(1, round(n / 10)),) + (max(1, round(n / 10)),) * 2
+    assert [split_for(3, i) for i in range(50)] != [split_for(4, i) for i in range(50)]
+    with pytest.raises(ValueError):
+        split_for(0, -1)
+
+
+def test_split_and_files_of_a_part_do_not_depend_on_the_dataset_size(tmp_path):
+    """The same (seed, index) in a 30- and a 90-sample set: same split, same files (made as
+    shards, so only the shared indices are drawn)."""
+    small, large = tmp_path / "n30", tmp_path / "n90"
+    tiny = {**TINY, "image_size": 64, "num_points": 64, "dense_points": 256}
+    create_synthetic_training_data(small, 30, shard="0/13", workers=1, progress=False, **tiny)  # 0, 13, 26
+    create_synthetic_training_data(large, 90, shard="0/13", workers=1, progress=False, **tiny)  # 0, 13, ..., 78
+    entries = {m: {e["stem"]: e for e in json.loads((d / "manifest_shard_0_of_13.json").read_text())["samples"]}
+               for m, d in (("small", small), ("large", large))}
+    shared = sorted(entries["small"])
+    assert shared == ["synthetic_0000", "synthetic_0013", "synthetic_0026"] and set(shared) < set(entries["large"])
+    for stem in shared:
+        assert entries["small"][stem] == entries["large"][stem]  # split, family and index
+        for sub in ("images/{}.png", "pointclouds/{}.npy", "dense/{}.npy", "meta/{}.json"):
+            assert (small / sub.format(stem)).read_bytes() == (large / sub.format(stem)).read_bytes()
 
 
 def test_non_square_drawings_are_padded_not_stretched(tmp_path):

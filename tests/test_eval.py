@@ -157,7 +157,8 @@ def test_eval_with_a_tiny_trained_vit_and_its_loss_curves(tiny_dataset, vit_run,
     loss_png = tmp_path / "out" / "loss_vit.png"
     assert report["artefacts"]["loss:vit"] == str(loss_png) and loss_png.is_file()
     with Image.open(tmp_path / "out" / "eval_examples.png") as im:
-        assert im.size == (160 * (2 + 4), 24 + 160 * 2)  # geometric, vit, retrieval, mean
+        # geometric, vit, retrieval, mean; one row per example (the tiny set has 1 test sample)
+        assert im.size == (160 * (2 + 4), 24 + 160 * min(2, n_test))
 
 
 def test_held_out_families_are_evaluated_alone_and_left_out_of_the_baselines(tiny_dataset, tmp_path):
@@ -199,10 +200,12 @@ def test_a_failing_method_counts_failures_and_goes_on(tiny_dataset, tmp_path):
 
 
 def test_missing_data_split_and_methods_are_one_line_errors(tiny_dataset, tmp_path, capsys):
-    from cad3d.data.synth import create_synthetic_training_data
+    from cad3d.data.synth import create_synthetic_training_data, split_for
 
     two = tmp_path / "two"
-    create_synthetic_training_data(two, 2, num_points=64, image_size=64, seed=7, progress=False)  # train only
+    # A seed whose first two parts are one train and one val sample: no test split.
+    seed = next(s for s in range(100) if sorted(split_for(s, i) for i in range(2)) == ["train", "val"])
+    create_synthetic_training_data(two, 2, num_points=64, image_size=64, seed=seed, progress=False)
     with pytest.raises(DatasetError, match="split 'test'"):
         evaluate(two, "test", ["geometric"], bare_converter(tmp_path))
     with pytest.raises(DatasetError, match="does not exist"):

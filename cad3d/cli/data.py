@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from cad3d.cli._args import non_negative_int as _non_negative
 from cad3d.cli._args import positive_int as _positive
 from cad3d.errors import DatasetError
 
@@ -31,6 +32,9 @@ def add_parser(sub) -> None:
         q.add_argument("--hidden", choices=["none", "dashed"], default="none", help="draw hidden edges dashed")
         q.add_argument("--num-points", type=_positive, default=4096, help="surface samples per cloud (default 4096)")
         q.add_argument("--image-size", type=_positive, default=256, help="drawing size in pixels (default 256)")
+        q.add_argument("--dense-points", type=_non_negative, default=32768,
+                       help="dense surface samples per part, the ground truth `eval` scores against "
+                            "(default 32768; 0 = none)")
         q.add_argument("--seed", type=int, default=0, help="same seed => byte-identical dataset (default 0)")
         q.add_argument("--workers", type=_positive, default=default_workers,
                        help=f"parallel processes (default {default_workers})")
@@ -75,7 +79,8 @@ def _synth(args) -> int:
     try:
         path = create_synthetic_training_data(
             args.out, args.num_samples, seed=args.seed, view=args.view, num_points=args.num_points,
-            image_size=args.image_size, hidden=args.hidden, workers=args.workers, shard=args.shard,
+            image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points,
+            workers=args.workers, shard=args.shard,
             families=args.families, progress=not args.no_progress,
         )
     except ValueError as exc:
@@ -88,8 +93,8 @@ def _import(args) -> int:
     from cad3d.data.importer import import_meshes
 
     report = import_meshes(args.mesh_dir, args.out, seed=args.seed, view=args.view, num_points=args.num_points,
-                           image_size=args.image_size, hidden=args.hidden, workers=args.workers,
-                           progress=not args.no_progress)
+                           image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points,
+                           workers=args.workers, progress=not args.no_progress)
     for path, note in report.warnings:
         print(f"warning: {path}: {note}", file=sys.stderr)
     for _, why in report.skipped:

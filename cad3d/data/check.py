@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cad3d.data.dataset import load_depth, load_drawing, load_meta, load_points, read_manifests
+from cad3d.data.dataset import load_cameras, load_dense_points, load_depth, load_drawing, load_points, read_manifests
 from cad3d.errors import DatasetError
 
 
@@ -32,6 +32,8 @@ def _kind(message: str) -> str:
     for needle, kind in (
         ("missing", "missing file"),
         ("no partner", "missing partner"),
+        ("too large", "oversized file"),
+        ("too elongated", "oversized file"),
         ("corrupt", "corrupt file"),
         ("NaN", "non-finite values"),
         ("shape", "wrong shape"),
@@ -49,7 +51,7 @@ def check_dataset(data_dir: str | os.PathLike) -> CheckReport:
     if not data_dir.is_dir():
         report.add("missing folder", f"{data_dir}: dataset folder does not exist")
         return report
-    folders = {name: data_dir / name for name in ("images", "pointclouds", "depth", "meta")}
+    folders = {name: data_dir / name for name in ("images", "pointclouds", "depth", "meta", "dense")}
     for name in ("images", "pointclouds"):
         if not folders[name].is_dir():
             report.add("missing folder", f"{folders[name]}: missing folder")
@@ -61,11 +63,11 @@ def check_dataset(data_dir: str | os.PathLike) -> CheckReport:
 
     images, clouds = stems(folders["images"], ".png"), stems(folders["pointclouds"], ".npy")
     depths, metas = stems(folders["depth"], ".npy"), stems(folders["meta"], ".json")
-    try:
-        entries = read_manifests(data_dir)
-    except DatasetError as exc:
-        report.add("corrupt manifest", str(exc))
-        entries = None
+    denses = stems(folders["dense"], ".npy")
+    manifest_problems: list[tuple[str, str]] = []
+    entries = read_manifests(data_dir, problems=manifest_problems)
+    for kind, message in manifest_problems:
+        report.add(kind, message)
     listed = {e["stem"] for e in entries} if entries is not None else images | clouds
     for stem in sorted(images - clouds):
         report.add("missing partner", f"{folders['images'] / (stem + '.png')}: no partner point cloud")
@@ -74,7 +76,9 @@ def check_dataset(data_dir: str | os.PathLike) -> CheckReport:
     if entries is not None:
         for stem in sorted(listed - (images & clouds)):
             report.add("missing file", f"{data_dir}: manifest lists {stem} but its drawing or cloud is missing")
-        for stem in sorted((images & clouds) - listed):
+        # An unreadable manifest may have listed them: unlisted samples are only known when none is.
+        readable = not any(kind == "corrupt manifest" for kind, _ in manifest_problems)
+        for stem in sorted((images & clouds) - listed) if readable else ():
             report.add("unlisted sample", f"{data_dir}: sample {stem} is in no manifest")
     if folders["depth"].is_dir():
         for stem in sorted((images & clouds) - depths):
@@ -82,6 +86,9 @@ def check_dataset(data_dir: str | os.PathLike) -> CheckReport:
     if folders["meta"].is_dir():
         for stem in sorted((images & clouds) - metas):
             report.add("missing file", f"{folders['meta'] / (stem + '.json')}: missing metadata")
+    if folders["dense"].is_dir():  # datasets made before dense ground truth existed have none
+        for stem in sorted((images & clouds) - denses):
+            report.add("missing file", f"{folders['dense'] / (stem + '.npy')}: missing dense ground truth")
 
     from tqdm.auto import tqdm
 
@@ -96,8 +103,10 @@ def check_dataset(data_dir: str | os.PathLike) -> CheckReport:
             checks.append(("points", lambda: load_points(folders["pointclouds"] / f"{stem}.npy")))
         if stem in depths:
             checks.append(("depth", lambda: load_depth(folders["depth"] / f"{stem}.npy")))
+        if stem in denses:
+            checks.append(("dense", lambda: load_dense_points(data_dir, stem, fallback=False)))
         if stem in metas:
-            checks.append(("meta", lambda: load_meta(folders["meta"] / f"{stem}.json")))
+            checks.append(("meta", lambda: load_cameras(folders["meta"] / f"{stem}.json")))
         for what, load in checks:
             try:
                 value = load()

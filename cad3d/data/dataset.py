@@ -1,33 +1,60 @@
 """Reading datasets: validated file loaders, the sample index, and `CAD2D3DDataset`.
 
-Every loader raises `DatasetError` naming the file and the cause; `cad3d data check` runs the
-same loaders over every file and reports all problems at once.
+Every loader raises `DatasetError` naming the file and the cause, and nothing else, whatever the
+bytes on disk (`cad3d.data.files`); `cad3d data check` runs the same loaders over every file and
+reports all problems at once. Manifest stems are plain file names: no sample is read from outside
+its dataset folder.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cad3d.data.synth import MANIFEST, SPLITS
+from cad3d.data.files import describe, plain_stem, read_json, read_npy
+from cad3d.data.synth import FORMAT_VERSION, MANIFEST, SPLITS
 from cad3d.errors import DatasetError
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".png",)
+# Decoded size cap, checked from the header before decoding: an 8000x8000 drawing.
+MAX_DRAWING_PIXELS = 64_000_000
+# Raster formats a drawing may be in; Pillow's other plugins (EPS runs Ghostscript; PSD, FITS and
+# font formats have had decoder advisories) are never reached from a drawing file.
+DRAWING_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 
 
 def load_drawing(path: Path, image_size: int | None = None) -> np.ndarray:
     """A drawing as (H, W) float32 in [0, 1] (1 = white paper), padded with paper to a square
-    (centred) when it is not one, then resized to ``image_size``."""
+    (centred) when it is not one, then resized to ``image_size``.
+
+    Memory stays bounded by the file's own pixel count (at most `MAX_DRAWING_PIXELS`) and the
+    output: an elongated drawing is shrunk before it is padded, never padded to its long side.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; the cap below turns that into an error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=DRAWING_FORMATS)
+        with im:
+            w, h = im.size
+            if w < 1 or h < 1:
+                raise DatasetError(f"{path}: empty image ({w}x{h} pixels)")
+            if w * h > MAX_DRAWING_PIXELS:
+                raise DatasetError(f"{path}: image too large ({w}x{h} pixels; at most {MAX_DRAWING_PIXELS:,})")
+            side = image_size or max(w, h)
+            if image_size is None and side * side > MAX_DRAWING_PIXELS:
+                raise DatasetError(f"{path}: image too elongated to pad to a square ({w}x{h} pixels)")
             im.load()
             if im.mode not in ("L", "RGB", "RGBA", "P", "I;16", "I", "LA", "1"):
                 raise DatasetError(f"{path}: unsupported image mode {im.mode}")
@@ -42,55 +69,71 @@ def load_drawing(path: Path, image_size: int | None = None) -> np.ndarray:
                 im = Image.alpha_composite(bg, rgba).convert("L")
             else:
                 im = im.convert("L")
-            if im.size[0] != im.size[1]:
+            if im.size != (side, side):
+                if max(w, h) != side:
+                    # Scale the long side to the output first, keeping the proportions.
+                    scale = side / max(w, h)
+                    im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
                 # Pad with paper to a square, centred, so the drawing keeps its proportions.
-                side = max(im.size)
                 square = Image.new("L", (side, side), 255)
                 square.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
                 im = square
-            if image_size is not None and im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except DatasetError:
         raise
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing drawing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: corrupt or unreadable image ({exc})") from None
-    if arr.size == 0:
-        raise DatasetError(f"{path}: empty image")
     return arr
 
 
 def load_points(path: Path) -> np.ndarray:
     """A point cloud (N, 3) float32, finite, N >= 1."""
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing point cloud") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: corrupt or unreadable .npy ({exc})") from None
+    return _checked_cloud(path, read_npy(path, "point cloud"), "point cloud")
+
+
+def _checked_cloud(path: Path, arr: np.ndarray, what: str) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 3:
-        raise DatasetError(f"{path}: point cloud must have shape (N, 3), got {arr.shape}")
+        raise DatasetError(f"{path}: {what} must have shape (N, 3), got {arr.shape}")
     if arr.shape[0] == 0:
-        raise DatasetError(f"{path}: point cloud is empty")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise DatasetError(f"{path}: point cloud must be floating point, got {arr.dtype}")
+        raise DatasetError(f"{path}: {what} is empty")
     if not np.isfinite(arr).all():
-        raise DatasetError(f"{path}: point cloud contains NaN or infinite values")
+        raise DatasetError(f"{path}: {what} contains NaN or infinite values")
     return arr.astype(np.float32, copy=False)
+
+
+_warned_sparse: set[str] = set()
+
+
+def load_dense_points(root: str | os.PathLike, stem: str, *, fallback: bool = True) -> np.ndarray:
+    """The dense ground truth of sample ``stem`` of dataset ``root``: (M, 3) float32 surface
+    samples in the normalized frame of its cloud (``dense/<stem>.npy``, M = 32768 by default).
+
+    Datasets made before the dense ground truth existed (format 1, or ``--dense-points 0``) have
+    no ``dense/`` file: with ``fallback`` the stored cloud is returned instead and a warning says
+    so once per dataset (its F-scores are then capped by the cloud's own sparsity); without it,
+    DatasetError.
+    """
+    root = Path(root)
+    stem = plain_stem(stem, str(root))
+    path = root / "dense" / f"{stem}.npy"
+    if not path.exists():
+        if not fallback:
+            raise DatasetError(f"{path}: missing dense ground truth (re-create the dataset to get one)")
+        if str(root) not in _warned_sparse:
+            _warned_sparse.add(str(root))
+            log.warning("%s: no dense ground truth (dense/); scoring against the stored point clouds, "
+                        "whose spacing caps F-scores (re-create the dataset for honest scores)", root)
+        return load_points(root / "pointclouds" / f"{stem}.npy")
+    return _checked_cloud(path, read_npy(path, "dense ground truth"), "dense ground truth")
 
 
 def load_depth(path: Path) -> np.ndarray:
     """A depth map (H, W) float32, finite, >= 0 (0 = background)."""
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing depth map") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: corrupt or unreadable .npy ({exc})") from None
+    arr = read_npy(path, "depth map")
     if arr.ndim != 2:
         raise DatasetError(f"{path}: depth map must have shape (H, W), got {arr.shape}")
     if not np.isfinite(arr).all() or (arr < 0).any():
@@ -100,13 +143,7 @@ def load_depth(path: Path) -> np.ndarray:
 
 def load_layers(path: Path) -> np.ndarray:
     """Layered depth maps (K, H, W) float32 (see `cad3d.data.layers`), finite, >= 0."""
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing layered depth maps (datasets made before layers/ have none)") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: corrupt or unreadable .npy ({exc})") from None
+    arr = read_npy(path, "layered depth maps (datasets made before layers/ have none)")
     if arr.ndim != 3:
         raise DatasetError(f"{path}: layered depth must have shape (K, H, W), got {arr.shape}")
     arr = arr.astype(np.float32)
@@ -116,16 +153,32 @@ def load_layers(path: Path) -> np.ndarray:
 
 
 def load_meta(path: Path) -> dict:
-    path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing metadata") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise DatasetError(f"{path}: corrupt metadata JSON ({exc})") from None
+    meta = read_json(path, "metadata")
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}: metadata must be a JSON object")
     return meta
+
+
+def load_cameras(path: Path) -> list:
+    """The cameras recorded in metadata file ``path`` (a list of `OrthoCamera`, maybe empty)."""
+    from cad3d.geometry.camera import OrthoCamera
+
+    cams = load_meta(path).get("cameras", [])
+    if not isinstance(cams, list):
+        raise DatasetError(f"{path}: 'cameras' must be a list, got {describe(cams)}")
+    try:
+        cameras = [OrthoCamera.from_dict(c) for c in cams]
+        for cam in cameras:
+            parts = {"rotation": (3, 3), "eye": (3,), "principal": (2,), "image_size": (2,), "viewport": (4,)}
+            for name, shape in parts.items():
+                value = np.asarray(getattr(cam, name), dtype=np.float64)
+                if value.shape != shape or not np.isfinite(value).all():
+                    raise ValueError(f"{name} must be {shape} finite numbers, got {describe(getattr(cam, name))}")
+            if not (np.isfinite(cam.scale) and cam.scale > 0) or min(cam.image_size) < 1:
+                raise ValueError("scale and image size must be positive")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        raise DatasetError(f"{path}: invalid camera ({type(exc).__name__}: {exc})") from None
+    return cameras
 
 
 @dataclass(frozen=True)
@@ -137,26 +190,71 @@ class SampleRecord:
     points: Path
     depth: Path | None
     meta: Path | None
+    dense: Path | None = None
 
 
-def read_manifests(data_dir: Path) -> list[dict] | None:
-    """Entries of manifest.json and every manifest_shard_*.json, merged; None without any."""
-    paths = sorted(data_dir.glob("manifest*.json"))
+def _manifest_entries(path: Path) -> tuple[list[dict], list[str]]:
+    """(valid entries, problems with the others) of one manifest; DatasetError when the manifest
+    as a whole is unusable."""
+    manifest = read_json(path, "manifest")
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: corrupt manifest (a JSON object expected, got {type(manifest).__name__})")
+    version = manifest.get("version", 1)
+    if type(version) is not int or version < 1:
+        raise DatasetError(f"{path}: corrupt manifest (version {describe(version)})")
+    if version > FORMAT_VERSION:
+        raise DatasetError(f"{path}: dataset format {version} is newer than this cad3d reads "
+                           f"({FORMAT_VERSION}); update cad3d")
+    samples = manifest.get("samples")
+    if not isinstance(samples, list):
+        raise DatasetError(f"{path}: corrupt manifest ('samples' must be a list, got {describe(samples)})")
+    entries, problems = [], []
+    for k, entry in enumerate(samples):
+        where = f"{path}: sample {k}"
+        try:
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{where}: entry must be a JSON object, got {describe(entry)}")
+            plain_stem(entry.get("stem"), where)
+            if entry.get("split") is not None and entry["split"] not in SPLITS:
+                raise DatasetError(f"{where}: split must be one of {SPLITS}, got {describe(entry['split'])}")
+            if entry.get("family") is not None and not isinstance(entry["family"], str):
+                raise DatasetError(f"{where}: family must be a string, got {describe(entry['family'])}")
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        entries.append(entry)
+    return entries, problems
+
+
+def read_manifests(data_dir: Path, problems: list | None = None) -> list[dict] | None:
+    """Entries of manifest.json and every manifest_shard_*.json, merged; None without any.
+
+    The first problem raises DatasetError; with a ``problems`` list, every problem is appended to
+    it as (kind, message) instead and the usable entries are returned.
+    """
+    paths = sorted(Path(data_dir).glob("manifest*.json"))
     if not paths:
         return None
+
+    def report(kind: str, message: str) -> None:
+        if problems is None:
+            raise DatasetError(message)
+        problems.append((kind, message))
+
     merged: dict[str, dict] = {}
     for path in paths:
         try:
-            manifest = json.loads(path.read_text())
-            samples = manifest["samples"]
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path}: corrupt manifest ({exc})") from None
-        for entry in samples:
-            stem = entry.get("stem") if isinstance(entry, dict) else None
-            if not stem:
-                raise DatasetError(f"{path}: manifest entry without a stem: {entry!r}")
+            entries, bad = _manifest_entries(path)
+        except DatasetError as exc:
+            report("corrupt manifest", str(exc))
+            continue
+        for message in bad:
+            report("invalid manifest entry", message)
+        for entry in entries:
+            stem = entry["stem"]
             if stem in merged and merged[stem] != entry:
-                raise DatasetError(f"{path}: sample {stem} disagrees with another manifest")
+                report("corrupt manifest", f"{path}: sample {stem} disagrees with another manifest")
+                continue
             merged[stem] = entry
     return [merged[s] for s in sorted(merged)]
 
@@ -194,6 +292,7 @@ def index_dataset(data_dir: str | os.PathLike, split: str | None = None) -> list
         if split is not None and e.get("split") != split:
             continue
         stem = e["stem"]
+        dense = data_dir / "dense" / f"{stem}.npy"
         rec = SampleRecord(
             stem=stem,
             split=e.get("split"),
@@ -202,6 +301,7 @@ def index_dataset(data_dir: str | os.PathLike, split: str | None = None) -> list
             points=points_dir / f"{stem}.npy",
             depth=(depth_dir / f"{stem}.npy") if (depth_dir / f"{stem}.npy").exists() else None,
             meta=(meta_dir / f"{stem}.json") if (meta_dir / f"{stem}.json").exists() else None,
+            dense=dense if dense.exists() else None,
         )
         if not rec.image.exists():
             raise DatasetError(f"{rec.image}: missing drawing of sample {stem}")
@@ -307,12 +407,10 @@ class CAD2D3DDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         if rec.meta is None:
             return None
-        cams = load_meta(rec.meta).get("cameras") or []
+        cams = load_cameras(rec.meta)
         if len(cams) != 1:
             return None  # a three-view sheet would change its layout
-        from cad3d.geometry.camera import OrthoCamera
-
-        cam = OrthoCamera.from_dict(cams[0])
+        cam = cams[0]
         h, w = cam.image_size
         if abs(cam.principal[0] - w / 2.0) > 1e-6:
             return None

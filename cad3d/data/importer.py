@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cad3d.data.synth import (
+    DENSE_POINTS,
+    DENSE_STREAM,
     RenderSettings,
     prepare_output,
     run_parallel,
@@ -91,8 +93,8 @@ def _init(job: _ImportJob) -> None:
     _JOB = job
 
 
-def _import_one(item: tuple[int, int, str, str]):
-    index, total, path_str, stem = item
+def _import_one(item: tuple[int, str, str]):
+    index, path_str, stem = item
     path = Path(path_str)
     assert _JOB is not None
     try:
@@ -103,7 +105,8 @@ def _import_one(item: tuple[int, int, str, str]):
         entry = write_sample(
             Path(_JOB.out_dir), stem, mesh, family="imported",
             params={"file": path.name, "notes": notes}, rng=rng, settings=_JOB.settings,
-            split=split_for(_JOB.seed, index, total, _JOB.settings.split_fractions), source={"file": str(path)},
+            split=split_for(_JOB.seed, index, _JOB.settings.split_fractions), source={"file": str(path)},
+            dense_rng=np.random.default_rng([_JOB.seed, index, DENSE_STREAM]),
         )
         return entry, notes, None
     except DatasetError as exc:
@@ -121,6 +124,7 @@ def import_meshes(
     num_points: int = 4096,
     image_size: int = 256,
     hidden: str = "none",
+    dense_points: int = DENSE_POINTS,
     workers: int = 1,
     progress: bool = True,
 ) -> ImportReport:
@@ -135,15 +139,16 @@ def import_meshes(
     files = sorted(p for p in mesh_dir.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
     if not files:
         raise DatasetError(f"{mesh_dir}: no mesh files ({', '.join(MESH_EXTENSIONS)})")
-    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden)
-    prepare_output(out_dir)
+    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
+                              dense_points=dense_points)
+    prepare_output(out_dir, settings)
     used: set[str] = set()
-    items = [(i, len(files), str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
+    items = [(i, str(p), stem_from_path(p, used)) for i, p in enumerate(files)]
     results = run_parallel(_init, _import_one, items, _ImportJob(str(out_dir), seed, settings),
                            min(workers, len(items)), "import", progress)
     report = ImportReport()
     entries = []
-    for (_, _, path, _), (entry, notes, error) in zip(items, results):
+    for (_, path, _), (entry, notes, error) in zip(items, results):
         if error:
             report.skipped.append((path, error))
             log.warning("skipped %s", error)

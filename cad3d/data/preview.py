@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cad3d.data.dataset import index_dataset, load_drawing, load_meta, load_points
+from cad3d.data.dataset import index_dataset, load_cameras, load_drawing, load_points
 from cad3d.geometry.camera import OrthoCamera, iso_camera
 from cad3d.io import atomic_write
 
@@ -57,9 +57,9 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     for k, rec in enumerate(records):
         drawing = (load_drawing(rec.image, tile) * 255).astype(np.uint8)
-        cams = load_meta(rec.meta).get("cameras") if rec.meta else None
+        cams = load_cameras(rec.meta) if rec.meta else None
         # A three-view sheet is previewed from its isometric panel (the last one).
-        camera = OrthoCamera.from_dict(cams[-1]) if cams else None
+        camera = cams[-1] if cams else None
         cloud = render_cloud(load_points(rec.points), camera, size=tile, dot=2)
         x, y = (k % columns) * 2 * tile, (k // columns) * (tile + label_h)
         sheet.paste(Image.fromarray(drawing, "L").convert("RGB"), (x, y + label_h))

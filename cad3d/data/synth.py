@@ -5,11 +5,13 @@ On-disk layout of a dataset folder (pairing by identical stem):
     images/<stem>.png        256x256 grayscale technical drawing (black lines on white)
     pointclouds/<stem>.npy   (num_points, 3) float32 surface samples, normalized
     depth/<stem>.npy         (H, W) float32 camera depth of the drawing's view(s), 0 = background
+    dense/<stem>.npy         (M, 3) float16 dense surface sample (ground truth for scoring), normalized
     meta/<stem>.json         family, parameters, cameras, normalization, split
     manifest.json            samples with their split (a shard writes manifest_shard_I_of_N.json)
 
-Sample ``i`` of seed ``s`` depends on ``(s, i)`` alone, so the same seed gives byte-identical
-files whatever the worker count or sharding.
+Sample ``i`` of seed ``s`` depends on ``(s, i)`` alone, its split included (not on the number of
+samples), so the same seed gives byte-identical files whatever the worker count or sharding, and
+growing a dataset never moves a part between train, val and test.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "cad3d-dataset"
-FORMAT_VERSION = 1
+# 2: splits follow (seed, index) alone, and dense/ holds the dense ground truth. Version 1 datasets
+# are still read; their recorded splits stay as recorded.
+FORMAT_VERSION = 2
 VIEWS = ("iso", "three_view", "random")
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
-SUBDIRS = ("images", "pointclouds", "depth", "layers", "meta")
+SUBDIRS = ("images", "pointclouds", "depth", "layers", "meta", "dense")
+# Dense ground truth: with 32768 points a perfect prediction loses < 0.2% precision at the 1%
+# F-score threshold (16384 lose 2.5%); float16 moves a point by < 2.5e-4, 1/60 of that threshold.
+DENSE_POINTS = 32768
+DENSE_STREAM = 0xD3  # the dense sample's own random stream, so the other files do not change
+SPLIT_BLOCK = 10  # consecutive indices whose splits are drawn together (stratified)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class RenderSettings:
     hidden: str = "none"  # none | dashed
     layers: int = DEFAULT_LAYERS  # layered depth maps of the drawing's cameras (0: none)
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS
+    dense_points: int = DENSE_POINTS  # 0 = no dense ground truth
 
     def __post_init__(self):
         if self.view not in VIEWS:
@@ -61,6 +71,8 @@ class RenderSettings:
             raise ValueError(f"hidden must be 'none' or 'dashed', got {self.hidden!r}")
         if self.num_points < 1:
             raise ValueError(f"num_points must be positive, got {self.num_points}")
+        if self.dense_points < 0:
+            raise ValueError(f"dense_points must be >= 0, got {self.dense_points}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
         fr = tuple(float(f) for f in self.split_fractions)
@@ -86,30 +98,42 @@ def stem_for(prefix: str, index: int, num_samples: int) -> str:
     return f"{prefix}_{index:0{max(4, len(str(num_samples - 1)))}d}"
 
 
-def split_counts(num_samples: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> tuple[int, int, int]:
-    """(train, val, test) sizes: the fractions rounded, with at least one val and one test
-    sample once there are 3 samples, so small datasets still have held-out drawings."""
-    n_val = round(num_samples * fractions[1])
-    n_test = round(num_samples * fractions[2])
-    if num_samples >= 3:
-        n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
-    n_val = min(n_val, num_samples)
-    n_test = min(n_test, num_samples - n_val)
-    return num_samples - n_val - n_test, n_val, n_test
+@functools.lru_cache(maxsize=1024)
+def _block_splits(seed: int, block: int, fractions: tuple) -> tuple[str, ...]:
+    """Splits of indices ``block * SPLIT_BLOCK ...`` (one value per index of the block)."""
+    rng = np.random.default_rng([seed, block, 0x5B1])
+    # Stratified: one uniform value per tenth of [0, 1), so each block of 10 holds exactly the
+    # fractions when they are multiples of 0.1 (8/1/1 by default), and about them otherwise.
+    u = (rng.permutation(SPLIT_BLOCK) + rng.random(SPLIT_BLOCK)) / SPLIT_BLOCK  # (B,)
+    edges = np.round(np.cumsum(fractions)[:2], 12)  # (2,) rounded so 0.8 + 0.1 is 0.9
+    labels = [SPLITS[int(np.searchsorted(edges, x, side="right"))] for x in u]
+    if block == 0:
+        # Every split with a share gets one of the first three indices: a set of >= 3 samples
+        # always has held-out drawings. Swaps inside the block keep its counts.
+        for name, share in zip(SPLITS, fractions):
+            if share <= 0 or name in labels[:3]:
+                continue
+            spare = next(i for i in range(3) if labels[:3].count(labels[i]) > 1)
+            donor = next((j for j in range(3, SPLIT_BLOCK) if labels[j] == name), None)
+            if donor is None:
+                labels[spare] = name
+            else:
+                labels[spare], labels[donor] = labels[donor], labels[spare]
+    return tuple(labels)
 
 
-@functools.lru_cache(maxsize=8)
-def _split_ranks(seed: int, num_samples: int) -> np.ndarray:
-    return np.argsort(np.random.default_rng([seed, num_samples, 0x5B1]).permutation(num_samples))
+def split_for(seed: int, index: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
+    """The split of sample ``index`` of seed ``seed``: a function of (seed, index) alone, so a
+    part keeps its split whatever the size of the dataset, and every shard and worker agrees.
 
-
-def split_for(seed: int, index: int, num_samples: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
-    """The split of sample ``index`` of ``num_samples``: a seeded permutation of all samples cut
-    at exact counts (`split_counts`). Depends only on (seed, index, num_samples), so every shard
-    and worker agrees."""
-    n_train, n_val, _ = split_counts(num_samples, fractions)
-    rank = int(_split_ranks(seed, num_samples)[index])
-    return "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    Indices come in blocks of `SPLIT_BLOCK`, each a seeded stratified draw of the fractions (so
+    every 10 consecutive samples hold 8 train, 1 val, 1 test by default), and the first three
+    indices cover every split, so sets of 3 or more samples have held-out drawings.
+    """
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    fr = tuple(float(f) for f in fractions)
+    return _block_splits(int(seed), index // SPLIT_BLOCK, fr)[index % SPLIT_BLOCK]
 
 
 def cameras_for(view: str, rng: np.random.Generator, image_size: int) -> list[OrthoCamera]:
@@ -168,12 +192,14 @@ def write_sample(
     rng: np.random.Generator,
     settings: RenderSettings,
     split: str,
+    dense_rng: np.random.Generator | None = None,
     source: dict | None = None,
 ) -> dict:
-    """Normalize ``mesh``, draw it, sample its surface and write the sample's four files.
+    """Normalize ``mesh``, draw it, sample its surface and write the sample's files.
 
     Returns the manifest entry of the sample. Used for synthetic parts and imported meshes alike,
-    so both are rendered and sampled exactly the same way.
+    so both are rendered and sampled exactly the same way. The dense ground truth (when
+    ``settings.dense_points`` > 0) is drawn from ``dense_rng``, independent of the stored cloud.
     """
     from cad3d.data.layers import depth_layers
     from cad3d.data.render import render_drawing
@@ -183,6 +209,11 @@ def write_sample(
     cameras = cameras_for(settings.view, rng, settings.image_size)
     drawing = render_drawing(norm_mesh, cameras, hidden=settings.hidden)
     points = np.asarray(sample_surface(norm_mesh, settings.num_points, rng), dtype=np.float32)  # (P, 3)
+    dense = None
+    if settings.dense_points > 0:
+        if dense_rng is None:
+            raise ValueError("dense_rng is required when settings.dense_points > 0")
+        dense = np.asarray(sample_surface(norm_mesh, settings.dense_points, dense_rng), dtype=np.float16)  # (M, 3)
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -195,6 +226,7 @@ def write_sample(
         "hidden": settings.hidden,
         "normalization": normalization,
         "num_points": int(points.shape[0]),
+        "dense_points": 0 if dense is None else int(dense.shape[0]),
         "mesh": {
             "vertices": int(len(mesh.vertices)),
             "faces": int(len(mesh.faces)),
@@ -209,6 +241,8 @@ def write_sample(
     if settings.layers:  # the cameras' viewports are disjoint: their layers add up
         layers = sum(depth_layers(norm_mesh.vertices, norm_mesh.faces, cam, settings.layers) for cam in drawing.cameras)
         atomic_write_bytes(out_dir / "layers" / f"{stem}.npy", _npy_bytes(layers.astype(np.float16)), durable=False)
+    if dense is not None:
+        atomic_write_bytes(out_dir / "dense" / f"{stem}.npy", _npy_bytes(dense), durable=False)
     atomic_write_bytes(out_dir / "meta" / f"{stem}.json", (json_dumps(meta) + "\n").encode(), durable=False)
     return {"stem": stem, "split": split, "family": family}
 
@@ -223,18 +257,27 @@ class _SynthJob:
     families: tuple | None
 
 
-def _synth_one(job: _SynthJob, index: int) -> dict:
+def synthetic_part(seed: int, index: int, families: Sequence[str] | None = None):
+    """(family, mesh, params, rng) of part ``index`` of seed ``seed``, as synthesis makes it
+    (before normalization); ``rng`` goes on to draw the sample's cameras and cloud."""
     from cad3d.data.parts import FAMILIES, make_part
 
-    rng = np.random.default_rng([job.seed, index])
-    families = job.families or FAMILIES
+    rng = np.random.default_rng([seed, index])
+    families = families or FAMILIES
     family = families[int(rng.integers(len(families)))]
     mesh, params = make_part(family, rng)
+    return family, mesh, params, rng
+
+
+def _synth_one(job: _SynthJob, index: int) -> dict:
+    family, mesh, params, rng = synthetic_part(job.seed, index, job.families)
     stem = stem_for(job.prefix, index, job.num_samples)
-    split = split_for(job.seed, index, job.num_samples, job.settings.split_fractions)
-    return write_sample(
-        Path(job.out_dir), stem, mesh, family=family, params=params, rng=rng, settings=job.settings, split=split
+    split = split_for(job.seed, index, job.settings.split_fractions)
+    entry = write_sample(
+        Path(job.out_dir), stem, mesh, family=family, params=params, rng=rng, settings=job.settings, split=split,
+        dense_rng=np.random.default_rng([job.seed, index, DENSE_STREAM]),
     )
+    return {**entry, "index": index}
 
 
 _WORKER_JOB: _SynthJob | None = None
@@ -293,11 +336,12 @@ def write_manifest(out_dir: Path, entries: list[dict], *, shard, info: dict, nam
     return path
 
 
-def prepare_output(out_dir: Path) -> None:
+def prepare_output(out_dir: Path, settings: RenderSettings) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"{out_dir}: exists and is not a folder")
     for sub in SUBDIRS:
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        if sub != "dense" or settings.dense_points > 0:  # `data check` expects dense/ to be complete
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
 def create_synthetic_training_data(
@@ -309,6 +353,7 @@ def create_synthetic_training_data(
     num_points: int = 4096,
     image_size: int = 256,
     hidden: str = "none",
+    dense_points: int = DENSE_POINTS,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     families: Iterable[str] | None = None,
@@ -332,9 +377,10 @@ def create_synthetic_training_data(
     unknown = sorted(set(fams or ()) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown part families {unknown}; known: {list(FAMILIES)}")
-    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden)
+    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
+                              dense_points=dense_points)
     out_dir = Path(output_dir)
-    prepare_output(out_dir)
+    prepare_output(out_dir, settings)
     indices = list(range(num_samples)) if shard is None else list(range(shard[0], num_samples, shard[1]))
     job = _SynthJob(str(out_dir), int(seed), int(num_samples), prefix, settings, fams)
     desc = "synth" if shard is None else f"synth {shard[0]}/{shard[1]}"
