@@ -427,6 +427,7 @@ def part_identity(record: SampleRecord) -> str:
     """What makes a sample's part that part: its family, parameters and source (hash of the
     canonical JSON), the same for the same geometry whatever the dataset, its size or the stem."""
     import hashlib
+    import json
 
     meta = load_meta(record.meta) if record.meta is not None else {}
     key = {k: meta.get(k) for k in ("family", "parameters", "source")}
