@@ -275,3 +275,17 @@ def test_robust_normalization_ignores_stray_points():
     robust = np.abs(normalize_cloud(np.concatenate([cube, strays]), robust=True)[:1000]).max()
     assert plain < 0.85 * alone  # two strays squeezed the cube
     assert abs(robust - alone) < 0.15 * alone  # the cube keeps about its size
+
+
+def test_auto_takes_the_path_with_the_best_stored_validation_score(tmp_path):
+    conv = HybridCAD3DConverter(device="cpu", enable_learning=False, models_dir=tmp_path)
+    # Pretend both learned paths are loaded and trained; only `resolve_method` is under test.
+    conv.diffusion, conv.vit = object(), object()
+    conv.trained.update(diffusion=True, vit=True)
+    assert conv.resolve_method("auto") == "diffusion"  # no score stored: the fixed order
+    conv.scores.update(diffusion=0.02, vit=0.01)
+    assert conv.resolve_method("auto") == "vit"  # the lower validation Chamfer wins
+    conv.scores["diffusion"] = 0.005
+    assert conv.resolve_method("auto") == "diffusion"
+    conv.trained["diffusion"] = False  # untrained weights never win by a score
+    assert conv.resolve_method("auto") == "vit"

@@ -347,3 +347,40 @@ def test_condition_is_used_and_fast_sampler_matches_ancestral(overfit):
     assert cond_cd < 0.75 * uncond_cd, (cond_cd, uncond_cd)
     assert 0.5 * ddpm_cd < cond_cd < 2.0 * ddpm_cd, (cond_cd, ddpm_cd)
     assert ddpm_cd < 0.75 * uncond_cd, (ddpm_cd, uncond_cd)
+
+
+@pytest.mark.slow
+def test_projection_features_are_used(overfit):
+    """The U-Net reads the drawing at each point's projection: giving every cloud the feature map
+    of another drawing (global vector kept) pulls its samples away from its own shape."""
+    model, images, points, _ = overfit
+    assert model.unet.config.proj_dim > 0
+
+    class ShuffledMap(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x):
+            f = self.encoder(x)
+            return f._replace(fmap=f.fmap.roll(1, dims=0))
+
+    own = [chamfer_distance(model.sample(images, steps=20, seed=s), points) for s in (1, 2)]
+    encoder = model.image_encoder
+    model.image_encoder = ShuffledMap(encoder)
+    try:
+        shuffled = [chamfer_distance(model.sample(images, steps=20, seed=s), points) for s in (1, 2)]
+    finally:
+        model.image_encoder = encoder
+    own_cd, shuffled_cd = float(torch.stack(own).mean()), float(torch.stack(shuffled).mean())
+    assert own_cd < 0.8 * shuffled_cd, (own_cd, shuffled_cd)
+
+
+def test_refinement_starts_from_the_given_cloud():
+    """strength -> 0 keeps the initial cloud; strength 1 ignores it."""
+    model = micro_model()
+    images = torch.ones(2, 3, 32, 32)
+    init = torch.rand(2, 64, 3) - 0.5
+    near = model.sample(images, steps=10, init=init, strength=0.02, seed=0)
+    far = model.sample(images, steps=10, init=init, strength=1.0, seed=0)
+    assert float(chamfer_distance(near, init)) < 0.1 * float(chamfer_distance(far, init))

@@ -43,7 +43,9 @@ def test_score_cloud_matches_hand_computed_values():
     # 2%: precision 2/3, recall 1 -> F = 0.8.
     assert s["fscore_2pct"] == pytest.approx(0.8, rel=1e-5)
     same = score_cloud(gt, gt)
-    assert same == {"chamfer_l2": 0.0, "fscore_1pct": 1.0, "fscore_2pct": 1.0}
+    assert same == {"chamfer_l2": 0.0, "chamfer_l1": 0.0, "fscore_1pct": 1.0, "fscore_2pct": 1.0}
+    # Chamfer-L1: mean nearest-neighbour distance both ways.
+    assert s["chamfer_l1"] == pytest.approx((0 + 0.15 + 5) / 3 + (0 + 0.15) / 2, rel=1e-5)
 
 
 def test_aggregation_means_counts_failures_and_families():
@@ -64,8 +66,8 @@ def test_aggregation_means_counts_failures_and_families():
     fam = aggregate_by_family(scores)
     assert list(fam) == ["gear", "tube"]
     assert fam["gear"]["vit"]["chamfer_l2"] == pytest.approx(0.2) and fam["gear"]["mean"]["n"] == 1
-    assert fam["tube"]["vit"] == {"n": 0, "failed": 1, "chamfer_l2": None, "fscore_1pct": None,
-                                  "fscore_2pct": None, "seconds_per_drawing": None}
+    assert fam["tube"]["vit"] == {"n": 0, "failed": 1, "chamfer_l2": None, "chamfer_l1": None, "fscore_1pct": None,
+                                  "fscore_2pct": None, "repeated": None, "seconds_per_drawing": None}
 
 
 # -- baselines ---------------------------------------------------------------------------------
@@ -74,10 +76,12 @@ def test_retrieval_is_exact_on_training_drawings(tiny_dataset, tmp_path):
     baseline = RetrievalBaseline.from_records(train)
     assert np.array_equal(baseline.nearest([load_drawing(r.image) for r in train]), np.arange(len(train)))
     # The same through the evaluation: querying with the training drawings gives their clouds back.
-    report = evaluate(tiny_dataset, "train", ["retrieval"], bare_converter(tmp_path))
-    row = report["overall"]["retrieval"]
+    # Each drawing retrieves its own stored cloud: exactly what the oracle row answers.
+    report = evaluate(tiny_dataset, "train", ["retrieval", "oracle"], bare_converter(tmp_path))
+    row, oracle = report["overall"]["retrieval"], report["overall"]["oracle"]
     assert row["n"] == len(train) and row["failed"] == 0
-    assert row["chamfer_l2"] == 0.0 and row["fscore_1pct"] == 1.0 and row["fscore_2pct"] == 1.0
+    for metric in ("chamfer_l2", "chamfer_l1", "fscore_1pct", "fscore_2pct"):
+        assert row[metric] == pytest.approx(oracle[metric]), metric
 
 
 def test_medoid_is_the_cloud_closest_to_the_others():
@@ -104,7 +108,7 @@ def test_cli_eval_without_weights_writes_every_artefact(tiny_dataset, tmp_path, 
     test_families = families_of(tiny_dataset, "test")
     n_test = len(index_dataset(tiny_dataset, "test"))
     ran = [m for m, info in report["methods"].items() if info["status"] == "ok"]
-    assert ran == ["geometric", "retrieval", "mean"]
+    assert ran == ["geometric", "retrieval", "mean", "oracle"]
     assert {m for m, info in report["methods"].items() if info["status"] == "skipped"} == {"diffusion", "vit", "depth"}
     assert report["methods"]["retrieval"]["train_samples"] == len(index_dataset(tiny_dataset, "train"))
     assert report["num_samples"] == n_test and report["families"] == test_families
@@ -157,8 +161,8 @@ def test_eval_with_a_tiny_trained_vit_and_its_loss_curves(tiny_dataset, vit_run,
     loss_png = tmp_path / "out" / "loss_vit.png"
     assert report["artefacts"]["loss:vit"] == str(loss_png) and loss_png.is_file()
     with Image.open(tmp_path / "out" / "eval_examples.png") as im:
-        # geometric, vit, retrieval, mean; one row per example (the tiny set has 1 test sample)
-        assert im.size == (160 * (2 + 4), 24 + 160 * min(2, n_test))
+        # geometric, vit, retrieval, mean, oracle; one row per example
+        assert im.size == (160 * (2 + 5), 24 + 160 * min(2, n_test))
 
 
 def test_held_out_families_are_evaluated_alone_and_left_out_of_the_baselines(tiny_dataset, tmp_path):
@@ -273,3 +277,30 @@ def test_depth_lifting_is_scored_when_an_onnx_depth_model_exists(tiny_dataset, t
     assert report["methods"]["depth"]["status"] == "ok" and report["methods"]["depth"]["weights"].endswith(".onnx")
     row = report["overall"]["depth"]
     assert row["n"] == report["num_samples"] and row["failed"] == 0 and row["chamfer_l2"] > 0
+
+
+# -- the honest scoreboard ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dense_dataset(tmp_path_factory):
+    """Six parts with 4096-point clouds and the dense ground truth: what `cad3d eval` scores."""
+    from cad3d.data.synth import create_synthetic_training_data
+
+    out = tmp_path_factory.mktemp("dense")
+    create_synthetic_training_data(out, 6, workers=1, progress=False, num_points=4096, image_size=64, seed=3, layers=0)
+    return out
+
+
+def test_oracle_is_near_the_ceiling_and_every_method_answers_with_the_same_count(dense_dataset, tmp_path):
+    report = evaluate(dense_dataset, "all", ["geometric", "oracle"], bare_converter(tmp_path), num_points=4096)
+    oracle, geometric = report["overall"]["oracle"], report["overall"]["geometric"]
+    assert report["num_points"] == 4096
+    assert oracle["fscore_1pct"] >= 0.85, oracle  # a perfect 4096-point answer scores near 1
+    assert oracle["of_oracle"]["fscore_1pct"] == pytest.approx(1.0)
+    assert geometric["fscore_1pct"] < oracle["fscore_1pct"] and geometric["of_oracle"]["chamfer_l2"] > 1
+    assert geometric["repeated"] == 0 and oracle["repeated"] == 0  # no point counted twice
+    assert all(s["chamfer_l1"] is not None for s in report["samples"])
+
+
+def test_eval_refuses_scoring_training_parts(dense_dataset, tmp_path):
+    with pytest.raises(EvaluationError, match="training parts"):
+        evaluate(dense_dataset, "all", ["geometric"], bare_converter(tmp_path), train_data=dense_dataset)

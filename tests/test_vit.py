@@ -216,3 +216,24 @@ def test_learns_clouds_and_families(three_family_sets, tmp_path):
     accuracy = float((trainer.model(images)["family_logits"].argmax(-1) == families).float().mean())
     majority = float(torch.bincount(train_families).max()) / len(train_families)
     assert accuracy > max(1 / 3, majority) + 0.1, (accuracy, majority)
+
+
+def test_point_query_head_predicts_every_point_natively_and_learns():
+    config = VisionTransformerConfig(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_points=300,
+                                     point_head="queries", decoder_depth=1)
+    torch.manual_seed(0)
+    model = VisionTransformer(config)
+    images = torch.rand(2, 3, 32, 32)
+    target = torch.rand(2, 300, 3) - 0.5
+    out = model(images)["points"]
+    assert out.shape == (2, 300, 3)
+    assert len(torch.unique(out[0].detach(), dim=0)) == 300  # one distinct point per query, none repeated
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = chamfer_distance(model(images)["points"], target)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
         q.add_argument("--dense-points", type=_non_negative, default=32768,
                        help="dense surface samples per part, the ground truth `eval` scores against "
                             "(default 32768; 0 = none)")
+        q.add_argument("--layers", type=_non_negative, default=4,
+                       help="layered depth maps per drawing: each pixel's first K surface crossings, what the "
+                            "depth network learns to lift drawings with (default 4; 0 = none)")
         q.add_argument("--seed", type=int, default=0, help="same seed => byte-identical dataset (default 0)")
         q.add_argument("--workers", type=_positive, default=default_workers,
                        help=f"parallel processes (default {default_workers})")
@@ -79,7 +82,7 @@ def _synth(args) -> int:
     try:
         path = create_synthetic_training_data(
             args.out, args.num_samples, seed=args.seed, view=args.view, num_points=args.num_points,
-            image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points,
+            image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points, layers=args.layers,
             workers=args.workers, shard=args.shard,
             families=args.families, progress=not args.no_progress,
         )
@@ -93,7 +96,7 @@ def _import(args) -> int:
     from cad3d.data.importer import import_meshes
 
     report = import_meshes(args.mesh_dir, args.out, seed=args.seed, view=args.view, num_points=args.num_points,
-                           image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points,
+                           image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points, layers=args.layers,
                            workers=args.workers, progress=not args.no_progress)
     for path, note in report.warnings:
         print(f"warning: {path}: {note}", file=sys.stderr)

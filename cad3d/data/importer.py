@@ -21,6 +21,7 @@ from cad3d.data.synth import (
     write_manifest,
     write_sample,
 )
+from cad3d.data.layers import DEFAULT_LAYERS
 from cad3d.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def import_meshes(
     image_size: int = 256,
     hidden: str = "none",
     dense_points: int = DENSE_POINTS,
+    layers: int = DEFAULT_LAYERS,
     workers: int = 1,
     progress: bool = True,
 ) -> ImportReport:
@@ -140,7 +142,7 @@ def import_meshes(
     if not files:
         raise DatasetError(f"{mesh_dir}: no mesh files ({', '.join(MESH_EXTENSIONS)})")
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
-                              dense_points=dense_points)
+                              dense_points=dense_points, layers=layers)
     prepare_output(out_dir, settings)
     used: set[str] = set()
     items = [(i, str(p), stem_from_path(p, used)) for i, p in enumerate(files)]

@@ -354,6 +354,7 @@ def create_synthetic_training_data(
     image_size: int = 256,
     hidden: str = "none",
     dense_points: int = DENSE_POINTS,
+    layers: int = DEFAULT_LAYERS,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     families: Iterable[str] | None = None,
@@ -378,7 +379,7 @@ def create_synthetic_training_data(
     if unknown:
         raise ValueError(f"unknown part families {unknown}; known: {list(FAMILIES)}")
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
-                              dense_points=dense_points)
+                              dense_points=dense_points, layers=layers)
     out_dir = Path(output_dir)
     prepare_output(out_dir, settings)
     indices = list(range(num_samples)) if shard is None else list(range(shard[0], num_samples, shard[1]))

@@ -186,8 +186,8 @@ def evaluate(
         method_info["oracle"] = {"kind": "baseline", "status": "ok", "trained": None,
                                  "note": "the sample's own stored surface sample (independent of the dense ground truth): the ceiling"}
     baseline_wanted = [m for m in methods if m in ("retrieval", "mean")]
-    if baseline_wanted or train_data is not None:
-        _refuse_training_parts(records, Path(train_data) if train_data is not None else data_dir)
+    if train_data is not None:  # another dataset's training parts must not be scored
+        _refuse_training_parts(records, Path(train_data))
     if baseline_wanted:
         train_dir = Path(train_data) if train_data is not None else data_dir
         try:

@@ -25,9 +25,9 @@ class SampleScore:
     family: Optional[str]
     method: str
     chamfer_l2: Optional[float] = None
-    chamfer_l1: Optional[float] = None
     fscore_1pct: Optional[float] = None
     fscore_2pct: Optional[float] = None
+    chamfer_l1: Optional[float] = None
     seconds: Optional[float] = None
     repeated: Optional[float] = None  # share of duplicate points in the method's own answer
     error: Optional[str] = None
@@ -69,7 +69,8 @@ def _summary(scores: Sequence[SampleScore]) -> dict:
     ok = [s for s in scores if s.error is None]
     out = {"n": len(ok), "failed": len(scores) - len(ok)}
     for m in METRICS:
-        out[m] = float(np.mean([getattr(s, m) for s in ok])) if ok else None
+        values = [getattr(s, m) for s in ok if getattr(s, m) is not None]
+        out[m] = float(np.mean(values)) if values else None
     reps = [s.repeated for s in ok if s.repeated is not None]
     out["repeated"] = float(np.mean(reps)) if reps else None
     secs = [s.seconds for s in ok if s.seconds is not None]

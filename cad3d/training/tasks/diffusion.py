@@ -154,8 +154,10 @@ class DiffusionTask(TrainTask):
     def presets(cls) -> dict[str, DiffusionTaskConfig]:
         p = diffusion_presets()
         return {
-            "tiny": DiffusionTaskConfig(model=p["tiny"], replay_size=64, save_every=1),
-            "full": DiffusionTaskConfig(model=p["full"], replay_size=800, save_every=10),
+            "tiny": DiffusionTaskConfig(model=p["tiny"], replay_size=64, save_every=1, val_samples=4, val_steps=8,
+                                        guidance_grid=(1.0, 2.0)),
+            "full": DiffusionTaskConfig(model=p["full"], replay_size=800, save_every=10, val_samples=16, val_steps=25,
+                                        guidance_grid=(1.0, 1.5, 2.0, 3.0)),
         }
 
     @classmethod
