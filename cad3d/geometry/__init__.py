@@ -15,6 +15,7 @@ _OPS = (
     "depth_to_points",
     "f_score",
     "farthest_point_sample",
+    "farthest_point_sample_reference",
     "group_points",
     "knn",
     "nearest_neighbors",
