@@ -218,7 +218,7 @@ def _fps_cases(gen):
     ]
 
 
-def test_fps_numba_equals_reference(gen):
+def test_fps_numba_equals_reference(gen, monkeypatch):
     for name, x, m in _fps_cases(gen):
         for start in ("first", 5):
             ref = farthest_point_sample_reference(x, m, start=start)
@@ -228,6 +228,7 @@ def test_fps_numba_equals_reference(gen):
     # a larger cloud: several kd-tree levels, uneven leaves; batch slices on several threads
     big = _rand(gen, 5, 3000, 3, dtype=torch.float32) ** 3
     ref = farthest_point_sample_reference(big, 700).numpy()
+    monkeypatch.setattr(cpu_kernels, "MIN_THREAD_WORK", 1)  # threads even for this small a job
     for threads in (1, 3):
         np.testing.assert_array_equal(cpu_kernels.fps(big.numpy(), 700, 0, threads=threads), ref)
 
@@ -295,6 +296,16 @@ def test_knn_cpu_kernel_ties_and_dtypes(gen):
         ref = torch.sort(d_full, dim=2, stable=True).indices[..., :9]
         assert torch.equal(idx, ref)
         torch.testing.assert_close(d.float(), torch.gather(d_full, 2, ref))
+
+
+def test_cpu_kernels_threads_split_the_same(gen, monkeypatch):
+    """Slicing the queries (and clouds) over threads changes nothing."""
+    monkeypatch.setattr(cpu_kernels, "MIN_THREAD_WORK", 1)
+    q, r = _rand(gen, 3, 40, 3, dtype=torch.float32).numpy(), _rand(gen, 3, 90, 3, dtype=torch.float32).numpy()
+    for threads in (2, 5):
+        np.testing.assert_array_equal(cpu_kernels.knn(q, r, 7, threads=threads), cpu_kernels.knn(q, r, 7, threads=1))
+        np.testing.assert_array_equal(cpu_kernels.ball_query(q, r, 0.4, 7, threads=threads), cpu_kernels.ball_query(q, r, 0.4, 7, threads=1))
+        np.testing.assert_array_equal(cpu_kernels.fps(r, 30, 2, threads=threads), cpu_kernels.fps(r, 30, 2, threads=1))
 
 
 def _ball_naive(q, r, radius, k):

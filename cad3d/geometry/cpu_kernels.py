@@ -21,6 +21,10 @@ import numpy as np
 # more bound checks per pick; 32-128 are about equally fast at 4096 -> 1024.
 LEAF_SIZE = 64
 
+# Fewest distance evaluations worth a thread (~1 ms): below, starting a thread costs more than
+# it saves (a new pool per call: a pool kept alive would hang in forked data-loader workers).
+MIN_THREAD_WORK = 1 << 20
+
 # No fastmath anywhere: no FMA contraction or reassociation, so every distance is rounded as in
 # the torch loop. nogil: slices of a call run in parallel threads.
 _jit = numba.njit(cache=True, nogil=True)
@@ -215,9 +219,10 @@ def _ball_rows(q, rt, r2, out, f0, f1):
             row[j] = first
 
 
-def _threaded(kernel, total: int, threads: int, *args) -> None:
-    """kernel(*args, start, stop) over [0, total), in up to ``threads`` contiguous slices."""
-    threads = max(1, min(threads, total))
+def _threaded(kernel, total: int, threads: int, work: int, *args) -> None:
+    """kernel(*args, start, stop) over [0, total), in up to ``threads`` contiguous slices, fewer
+    when ``work`` (point-pair distances) would give a thread less than ``MIN_THREAD_WORK``."""
+    threads = max(1, min(threads, total, work // MIN_THREAD_WORK))
     if threads == 1:
         kernel(*args, 0, total)
         return
@@ -232,7 +237,7 @@ def fps(x: np.ndarray, m: int, start: int, threads: int = 1) -> np.ndarray:
     """Farthest point sampling: x (B, N, 3) -> (B, m) int64 indices."""
     out = np.empty((x.shape[0], m), np.int64)
     ibits = np.empty(0, np.int32 if x.dtype == np.float32 else np.int64)
-    _threaded(_fps_batch, x.shape[0], threads, x, m, start, LEAF_SIZE, x.dtype.type(0), ibits, out)
+    _threaded(_fps_batch, x.shape[0], threads, x.shape[0] * x.shape[1] * m // 8, x, m, start, LEAF_SIZE, x.dtype.type(0), ibits, out)
     return out
 
 
@@ -241,7 +246,7 @@ def knn(q: np.ndarray, r: np.ndarray, k: int, threads: int = 1) -> np.ndarray:
     sorted by (distance, index)."""
     out = np.empty((q.shape[0], q.shape[1], k), np.int64)
     rt = np.ascontiguousarray(r.transpose(0, 2, 1))  # (B, 3, N)
-    _threaded(_knn_rows, q.shape[0] * q.shape[1], threads, q, rt, k, out)
+    _threaded(_knn_rows, q.shape[0] * q.shape[1], threads, q.size // 3 * r.shape[1], q, rt, k, out)
     return out
 
 
@@ -249,5 +254,5 @@ def ball_query(q: np.ndarray, r: np.ndarray, radius: float, k: int, threads: int
     """Indices (B, S, k) int64 of the PointNet++ ball query (see :func:`_ball_rows`)."""
     out = np.empty((q.shape[0], q.shape[1], k), np.int64)
     rt = np.ascontiguousarray(r.transpose(0, 2, 1))  # (B, 3, N)
-    _threaded(_ball_rows, q.shape[0] * q.shape[1], threads, q, rt, q.dtype.type(radius**2), out)
+    _threaded(_ball_rows, q.shape[0] * q.shape[1], threads, q.size // 3 * r.shape[1], q, rt, q.dtype.type(radius**2), out)
     return out
