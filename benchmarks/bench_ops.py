@@ -315,7 +315,8 @@ def bench_neighbors(rounds: int, threads: int) -> list[str]:
         ia, ib = (a[1], b[1]) if isinstance(a, tuple) else (a, b)
         same = float((ia == ib).float().mean())
         for th in sorted({1, threads}):
-            t = interleaved({"auto": lambda: _with_threads(th, fn, "auto"), "torch": lambda: _with_threads(th, fn, "torch")}, rounds)
+            calls = {be: functools.partial(_with_threads, th, fn, be) for be in ("auto", "torch")}
+            t = interleaved(calls, rounds)
             lines.append(f"| {name} | {th} | {t['auto'][0]:.4f} | {t['torch'][0]:.4f} | {t['torch'][0] / t['auto'][0]:.1f}x | {same:.4f} |")
     return lines
 
@@ -368,7 +369,7 @@ def bench_unet_training(steps: int, threads: int, batch: int = 4) -> list[str]:
                 losses.append(float(loss.detach()))
             seconds = (time.perf_counter() - t0) / steps
         runs[label] = (np.array(losses), seconds)
-    (la, sa), (lb, sb) = runs.values()
+    (la, _), (lb, _) = runs.values()
     k = max(1, steps // 5)
     lines = [
         f"### U-Net training check: tiny diffusion model (512 points, kNN grouping), {steps} AdamW steps, batch {batch}, CPU",

@@ -18,6 +18,7 @@ from cad3d.geometry import (
     OrthoCamera,
     ball_query,
     chamfer_distance,
+    cpu_kernels,
     denormalize,
     depth_to_points,
     f_score,
@@ -32,7 +33,6 @@ from cad3d.geometry import (
     three_view_cameras,
     voxelize,
 )
-from cad3d.geometry import cpu_kernels
 from cad3d.geometry.camera import ISO_FORWARD
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

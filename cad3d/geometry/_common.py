@@ -63,7 +63,7 @@ def _gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, flat).reshape(*idx.shape, c)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_kernels():
     """The numba kernels (:mod:`cad3d.geometry.cpu_kernels`), or None (after one warning) when
     numba is not installed; callers then use their torch code."""

@@ -74,7 +74,7 @@ def _fps_kernel(x_ptr, out_ptr, dist_ptr, n, m, start, BLOCK: tl.constexpr, ONE_
             tl.store(out_ptr + b * m + i, far)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(interpret: bool):
     # The interpreter flag is read when the kernel is wrapped, hence one wrapper per mode.
     return triton.jit(_fps_kernel)
