@@ -412,6 +412,9 @@ def main() -> None:
         lines += bench_neighbors(args.rounds, threads) + [""]
     if "train" in parts and args.train_steps > 0:
         lines += bench_unet_training(args.train_steps, threads) + [""]
+    load = os.getloadavg()[0]
+    shared = " (the machine was shared with other jobs: figures are inflated and noisy; compare within a table)" if load > 1.5 else ""
+    lines[3:3] = ["", f"1-minute load average at the end of the run: {load:.1f} on {os.cpu_count()} logical cores{shared}."]
     md = "\n".join(lines)
     if args.only:
         print(md)  # a partial run does not replace the section
