@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +18,12 @@ from cad3d.geometry import (
     OrthoCamera,
     ball_query,
     chamfer_distance,
+    cpu_kernels,
     denormalize,
     depth_to_points,
     f_score,
     farthest_point_sample,
+    farthest_point_sample_reference,
     group_points,
     knn,
     nearest_neighbors,
@@ -151,53 +159,153 @@ def _fps_naive(p: np.ndarray, m: int, start: int = 0) -> np.ndarray:
     return np.array(idx)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fps_picks_true_farthest(gen, device):
+def test_fps_picks_true_farthest(gen, device, backend):
     x = _rand(gen, 3, 150, 3)  # N = 150: not a square, exercises block padding
     for start in ("first", 17):
-        got = farthest_point_sample(x.to(device), 40, start=start).cpu()
+        got = farthest_point_sample(x.to(device), 40, start=start, backend=backend).cpu()
         assert got.shape == (3, 40) and got.dtype == torch.long
         for i in range(3):
             np.testing.assert_array_equal(got[i].numpy(), _fps_naive(x[i].numpy(), 40, 0 if start == "first" else start))
     # float32 too, and deterministic
     x32 = x.float().to(device)
-    a, b = farthest_point_sample(x32, 50), farthest_point_sample(x32, 50)
+    a, b = farthest_point_sample(x32, 50, backend=backend), farthest_point_sample(x32, 50, backend=backend)
     assert torch.equal(a, b)
     np.testing.assert_array_equal(a[1].cpu().numpy(), _fps_naive(x32[1].cpu().numpy(), 50))
 
 
-def test_fps_degenerate(gen):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_fps_degenerate(gen, backend):
+    fps = functools.partial(farthest_point_sample, backend=backend)
     x = _rand(gen, 20, 3)
-    full = farthest_point_sample(x, 20)  # unbatched, m = N: a permutation
+    full = fps(x, 20)  # unbatched, m = N: a permutation
     assert full.shape == (20,) and sorted(full.tolist()) == list(range(20))
-    assert farthest_point_sample(x[:1], 1).tolist() == [0]
+    assert fps(x[:1], 1).tolist() == [0]
     same = torch.zeros(2, 9, 3)  # all duplicates: ties go to the lowest index
-    np.testing.assert_array_equal(farthest_point_sample(same, 4).numpy(), [[0, 0, 0, 0]] * 2)
+    np.testing.assert_array_equal(fps(same, 4).numpy(), [[0, 0, 0, 0]] * 2)
     dup = torch.cat([x[:5], x[:5]])  # 5 distinct points, 10 entries
-    got = farthest_point_sample(dup, 7).tolist()
+    got = fps(dup, 7).tolist()
     assert got == _fps_naive(dup.numpy(), 7).tolist() and len({tuple(dup[i].tolist()) for i in got[:5]}) == 5
+    with pytest.raises(ValueError):  # more samples than points
+        fps(x, 21)
     with pytest.raises(ValueError):
-        farthest_point_sample(x, 21)
+        fps(x, 3, start=20)
     with pytest.raises(ValueError):
-        farthest_point_sample(x, 3, start=20)
+        fps(x, 0)
+
+
+def _fps_cases(gen):
+    """(name, cloud (B, N, 3), m) clouds on which the kernels must equal the torch loop."""
+    x = _rand(gen, 4, 300, 3, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)  # 216 points
+    perm = torch.randperm(216, generator=gen)
+    plates = x.clone()  # CAD-like: points on 3 parallel planes and a line, many equal coordinates
+    plates[:, :100, 2], plates[:, 100:200, 2], plates[:, 200:, :2] = 0.25, -0.5, 0.0
+    return [
+        ("random", x, 64),
+        ("float64", x.double(), 64),
+        ("half", x.half(), 40),
+        ("bfloat16", x.bfloat16(), 40),
+        ("duplicates", torch.cat([x[:, :20], x[:, :20], x[:, :7]], dim=1), 40),  # m > 20 distinct points
+        ("all_equal", torch.full((2, 50, 3), 0.3), 10),
+        ("m_equals_n", x[:, :97], 97),
+        ("grid_ties", grid[:, perm].expand(3, -1, -1), 120),  # many exactly equal distances
+        ("plates", plates, 150),
+        ("non_contiguous", x.transpose(1, 2).contiguous().transpose(1, 2)[:, ::2], 50),
+        ("far_from_origin", x.double() * 1e-3 + 1e3, 30),
+        ("single_cloud_unbatched", x[0], 60),
+    ]
+
+
+def test_fps_numba_equals_reference(gen, monkeypatch):
+    for name, x, m in _fps_cases(gen):
+        for start in ("first", 5):
+            ref = farthest_point_sample_reference(x, m, start=start)
+            got = farthest_point_sample(x, m, start=start, backend="numba")
+            assert got.dtype == torch.long and got.shape == ref.shape, name
+            assert torch.equal(got, ref), name
+    # a larger cloud: several kd-tree levels, uneven leaves; batch slices on several threads
+    big = _rand(gen, 5, 3000, 3, dtype=torch.float32) ** 3
+    ref = farthest_point_sample_reference(big, 700).numpy()
+    monkeypatch.setattr(cpu_kernels, "MIN_THREAD_WORK", 1)  # threads even for this small a job
+    for threads in (1, 3):
+        np.testing.assert_array_equal(cpu_kernels.fps(big.numpy(), 700, 0, threads=threads), ref)
+
+
+_TRITON_CHECK = """
+import torch
+from cad3d.geometry import fps_cuda
+from cad3d.geometry.fps import farthest_point_sample, farthest_point_sample_reference
+import tests.test_geometry as t
+
+cases = {name: (x, m) for name, x, m in t._fps_cases(torch.Generator().manual_seed(5))}
+for name in ("random", "float64", "duplicates", "grid_ties", "non_contiguous", "single_cloud_unbatched"):
+    x, m = cases[name]
+    x, m = x[..., :120, :], min(m, 30)
+    got = farthest_point_sample(x, m, start=3, backend="triton")
+    assert torch.equal(got, farthest_point_sample_reference(x, m, start=3)), name
+fps_cuda.TILE = 32  # 120 points = 4 tiles, the last one partial: the tiled path
+for name in ("random", "grid_ties"):
+    x = cases[name][0][:2, :120]
+    assert torch.equal(farthest_point_sample(x, 30, backend="triton"), farthest_point_sample_reference(x, 30)), name
+print("triton-interpreter-ok")
+"""
+
+
+@pytest.mark.slow
+def test_fps_triton_interpreted_equals_reference():
+    """The CUDA kernel, run on CPU tensors by the Triton interpreter (in a fresh process: the
+    interpreter must be on before triton is imported), in registers and tiled."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _TRITON_CHECK], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "triton-interpreter-ok" in proc.stdout, proc.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- knn / ball query
-def test_knn_matches_kdtree(gen):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_knn_matches_kdtree(gen, backend):
     q, r = _rand(gen, 2, 33, 3), _rand(gen, 2, 50, 3)
     for chunk in (None, 4):
-        d, idx = knn(q, r, 5, chunk_size=chunk)
+        d, idx = knn(q, r, 5, chunk_size=chunk, backend=backend)
         assert d.shape == idx.shape == (2, 33, 5)
         for i in range(2):
             dd, ii = cKDTree(r[i].numpy()).query(q[i].numpy(), k=5)
             np.testing.assert_allclose(d[i].numpy(), dd**2, atol=1e-12)
             np.testing.assert_array_equal(idx[i].numpy(), ii)
-    d1, i1 = knn(q[0], r[0], 50)  # k = N, unbatched
+    d1, i1 = knn(q[0], r[0], 50, backend=backend)  # k = N, unbatched
     assert d1.shape == (33, 50) and (d1[:, 1:] >= d1[:, :-1]).all()
+    assert (i1.sort(dim=1).values == torch.arange(50)).all()
     # gradient flows to both clouds
     qq, rr = q.clone().requires_grad_(), r.clone().requires_grad_()
-    knn(qq, rr, 3)[0].sum().backward()
+    knn(qq, rr, 3, backend=backend)[0].sum().backward()
     assert qq.grad.abs().sum() > 0 and rr.grad.abs().sum() > 0
+
+
+def test_knn_cpu_kernel_ties_and_dtypes(gen):
+    """Exact ties (a grid) come out by (distance, index), as a stable sort of brute force;
+    float32 / half / mixed inputs and non-contiguous views give the float32 brute force."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)  # (1, 125, 3)
+    r = grid[:, torch.randperm(125, generator=gen)].expand(2, -1, -1)
+    q = r[:, ::7] + 0.5 * (torch.arange(2.0).view(2, 1, 1))  # on grid points and on cell centres
+    for qq, rr in ((q, r), (q.half(), r), (q.transpose(1, 2).contiguous().transpose(1, 2), r)):
+        d, idx = knn(qq, rr, 9)
+        d_full = (qq.float().unsqueeze(2) - rr.float().unsqueeze(1)).square().sum(-1)  # (B, S, N)
+        ref = torch.sort(d_full, dim=2, stable=True).indices[..., :9]
+        assert torch.equal(idx, ref)
+        torch.testing.assert_close(d.float(), torch.gather(d_full, 2, ref))
+
+
+def test_cpu_kernels_threads_split_the_same(gen, monkeypatch):
+    """Slicing the queries (and clouds) over threads changes nothing."""
+    monkeypatch.setattr(cpu_kernels, "MIN_THREAD_WORK", 1)
+    q, r = _rand(gen, 3, 40, 3, dtype=torch.float32).numpy(), _rand(gen, 3, 90, 3, dtype=torch.float32).numpy()
+    for threads in (2, 5):
+        np.testing.assert_array_equal(cpu_kernels.knn(q, r, 7, threads=threads), cpu_kernels.knn(q, r, 7, threads=1))
+        np.testing.assert_array_equal(cpu_kernels.ball_query(q, r, 0.4, 7, threads=threads), cpu_kernels.ball_query(q, r, 0.4, 7, threads=1))
+        np.testing.assert_array_equal(cpu_kernels.fps(r, 30, 2, threads=threads), cpu_kernels.fps(r, 30, 2, threads=1))
 
 
 def _ball_naive(q, r, radius, k):
@@ -210,15 +318,19 @@ def _ball_naive(q, r, radius, k):
     return out
 
 
-def test_ball_query_matches_brute_force(gen):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_ball_query_matches_brute_force(gen, backend):
     r = _rand(gen, 2, 60, 3)
     q = torch.cat([r[:, :10], _rand(gen, 2, 5, 3) * 3], dim=1)  # some centres far outside: empty balls
     for radius, k in ((0.3, 4), (0.6, 8), (5.0, 70)):
         for chunk in (None, 3):
-            got = ball_query(q, r, radius, k, chunk_size=chunk)
+            got = ball_query(q, r, radius, k, chunk_size=chunk, backend=backend)
             assert got.shape == (2, 15, k)
             for i in range(2):
                 np.testing.assert_array_equal(got[i].numpy(), _ball_naive(q[i].numpy(), r[i].numpy(), radius, k))
+    # float32 and the torch code agree point for point (same differences, same threshold)
+    q32, r32 = q.float(), r.float()
+    assert torch.equal(ball_query(q32, r32, 0.45, 6, backend=backend), ball_query(q32, r32, 0.45, 6, backend="torch"))
 
 
 def test_group_points(gen):

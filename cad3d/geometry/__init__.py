@@ -9,7 +9,8 @@ from cad3d.geometry.sampling import sample_surface
 
 _LAZY = {  # name -> the module that defines it
     **dict.fromkeys(("NearestNeighbors", "nearest_neighbors", "chamfer_distance", "f_score"), "ops"),
-    **dict.fromkeys(("farthest_point_sample", "knn", "ball_query", "group_points"), "ops"),
+    **dict.fromkeys(("farthest_point_sample", "farthest_point_sample_reference"), "fps"),
+    **dict.fromkeys(("knn", "ball_query", "group_points"), "neighbors"),
     **dict.fromkeys(("voxelize", "soft_voxelize", "normalize", "denormalize", "depth_to_points", "resample_points"), "transforms"),
 }
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from cad3d.geometry.camera import OrthoCamera
-from cad3d.geometry.ops import _as_batched, _chunk_rows
+from cad3d.geometry._common import _as_batched, _chunk_rows
 
 __all__ = ["denormalize", "depth_to_points", "normalize", "resample_points", "soft_voxelize", "voxelize"]
 
