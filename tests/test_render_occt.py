@@ -76,12 +76,22 @@ def _flange_with_hub():
     return part
 
 
+def _rounded_block():
+    return bd.fillet(bd.Box(1.4, 1.0, 0.6).edges(), 0.2)  # spherical corners: poles in the mesh
+
+
+def _capsule():
+    return bd.Cylinder(0.3, 1.0) + bd.Pos(0, 0, 0.5) * bd.Sphere(0.3) + bd.Pos(0, 0, -0.5) * bd.Sphere(0.3)
+
+
 REFERENCE_PARTS = {
     "cylinder": _cylinder,
     "cone": _cone,
     "ring": _ring,
     "filleted_bracket": _filleted_bracket,
     "flange_with_hub": _flange_with_hub,
+    "rounded_block": _rounded_block,
+    "capsule": _capsule,
 }
 
 
@@ -146,6 +156,9 @@ def occt_lines(shape, cam: OrthoCamera, normalization: dict) -> dict[str, list[n
     rot = cam.R
     # OCCT's projector looks down -N; its Y = N x X is the camera's up for N = -forward, X = right.
     projector = HLRAlgo_Projector(gp_Ax2(gp_Pnt(0, 0, 0), gp_Dir(*(-rot[2])), gp_Dir(*rot[0])))
+    # Mark edges between tangent faces as such (a fillet op does, a boolean union does not), so
+    # OCCT files them as tangent lines, not as sharp ones.
+    BRepLib.EncodeRegularity_s(shape.wrapped, 1e-3)
     algo = HLRBRep_Algo()
     algo.Add(shape.wrapped)
     algo.Projector(projector)

@@ -83,6 +83,9 @@ def _pair_edges(faces: np.ndarray, n_vertices: int):
     Returns edges (E, 2), first and second face (E,) (-1 if none), the number of faces on each
     edge (E,) and whether the two faces run the edge in the same direction (E,).
     """
+    if len(faces) == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64), none, none, none, np.zeros(0, dtype=bool)
     half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
     lo, hi = half.min(axis=1), half.max(axis=1)
     key = lo.astype(np.int64) * (n_vertices + 1) + hi
@@ -107,17 +110,24 @@ def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: flo
     valid = norm > 1e-12 * extent * extent
     normals = cross / np.where(valid, norm, 1.0)[:, None]
 
-    wfaces = faces
+    wfaces, rep = faces, np.arange(len(vertices))
     edges, f0, f1, counts, flipped = _pair_edges(faces, len(vertices))
-    welded_edges = edges
     if np.any(counts != 2):
         # Open edges may be an artefact of unwelded vertices (e.g. STL): weld by position and retry.
         q = np.round((vertices - lo_corner) / extent * (2**20)).astype(np.int64)
         _, rep, inverse = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_index=True,
                                     return_inverse=True)
         wfaces = inverse.reshape(-1)[faces]
-        edges, f0, f1, counts, flipped = _pair_edges(wfaces, len(rep))
-        welded_edges, edges = edges, rep[edges]
+    # Faces with a repeated vertex (the poles and apexes of CAD tessellations, once welded) bound
+    # nothing: paired with real faces they would make stray open edges, drawn as dots.
+    proper = (wfaces[:, 0] != wfaces[:, 1]) & (wfaces[:, 1] != wfaces[:, 2]) & (wfaces[:, 0] != wfaces[:, 2])
+    if wfaces is not faces or not proper.all():
+        kept = np.flatnonzero(proper)
+        edges, f0, f1, counts, flipped = _pair_edges(wfaces[kept], len(rep))
+        f0, f1 = kept[f0], np.where(f1 >= 0, kept[np.maximum(f1, 0)], -1)
+        valid &= proper
+        normals = np.where(proper[:, None], normals, 0.0)
+    welded_edges, edges = edges, rep[edges]
 
     pair = counts == 2
     f1c = np.maximum(f1, 0)
