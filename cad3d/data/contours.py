@@ -77,41 +77,62 @@ def smooth_shading(
     valid); cos_angle: (E,) cosine of the bend between the two faces (winding-corrected).
     """
     n_faces = len(wfaces)
+    corner_normals = np.repeat(normals[:, None, :], 3, axis=1)  # (F, 3, 3)
+    # Only vertices on a bent smooth edge have corners whose normals differ from their faces'.
+    bent = smooth & (cos_angle < np.cos(np.deg2rad(FLAT_DEG)))
+    curved = np.zeros(int(wfaces.max()) + 1 if n_faces else 0, dtype=bool)
+    curved[edges[bent].ravel()] = True
+    node_of = np.full(3 * n_faces, -1)
+    nodes = np.flatnonzero(curved[wfaces].ravel())  # (C,) flat corner ids 3 * face + k
+    if len(nodes) == 0:
+        return SmoothShading(corner_normals=corner_normals, interpolated=valid.copy())
+    node_of[nodes] = np.arange(len(nodes))
+
     sel = np.flatnonzero(smooth)
     f0, f1 = edge_faces[sel, 0], edge_faces[sel, 1]
     # Across a smooth edge, the corners of its two faces at each end vertex are one group.
     src = np.concatenate([_corner_of(wfaces, f0, edges[sel, 0]), _corner_of(wfaces, f0, edges[sel, 1])])
     dst = np.concatenate([_corner_of(wfaces, f1, edges[sel, 0]), _corner_of(wfaces, f1, edges[sel, 1])])
-    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(3 * n_faces, 3 * n_faces))
+    cos_sel = np.concatenate([cos_angle[sel], cos_angle[sel]])
+    link = node_of[src] >= 0
+    src, dst, cos_sel = node_of[src[link]], node_of[dst[link]], cos_sel[link]
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(nodes), len(nodes)))
     n_groups, label = connected_components(graph, directed=False)
-    corner_face = np.repeat(np.arange(n_faces), 3)  # (3F,)
+    corner_face = nodes // 3  # (C,)
+
+    # Group-wise reductions over corners sorted by group.
+    order = np.argsort(label, kind="stable")
+    starts = np.flatnonzero(np.r_[True, label[order][1:] != label[order][:-1]])  # (G,)
 
     # Winding may be inconsistent: orient every member like the group's first face first.
-    _, first = np.unique(label, return_index=True)
-    ref = normals[corner_face[first]]  # (G, 3)
-    fn = normals[corner_face]  # (3F, 3)
-    sign = np.where(np.einsum("ij,ij->i", fn, ref[label]) < 0, -1.0, 1.0)  # (3F,)
-    weight = (_corner_angles(tri) * valid[:, None]).reshape(-1)  # (3F,) angle-weighted average
-    total = np.zeros((n_groups, 3))
-    np.add.at(total, label, (sign * weight)[:, None] * fn)
+    ref = normals[corner_face[order[starts]]]  # (G, 3)
+    fn = normals[corner_face]  # (C, 3)
+    sign = np.where(np.einsum("ij,ij->i", fn, ref[label]) < 0, -1.0, 1.0)  # (C,)
+    weight = _corner_angles(tri).reshape(-1)[nodes] * valid[corner_face]  # (C,) angle-weighted average
+    total = np.add.reduceat(((sign * weight)[:, None] * fn)[order], starts, axis=0)  # (G, 3)
     length = np.linalg.norm(total, axis=1)
     mean = total / np.maximum(length, 1e-300)[:, None]  # (G, 3)
-    corner_normals = (sign[:, None] * mean[label]).reshape(n_faces, 3, 3)
-    # Corners of degenerate faces alone in their group have no normal: use the face's own.
-    lonely = (length < 1e-12)[label].reshape(n_faces, 3)
-    corner_normals[lonely] = np.repeat(normals[:, None, :], 3, axis=1)[lonely]
+    # Corners of degenerate faces alone in their group have no normal: they keep the face's own.
+    has_normal = (length >= 1e-12)[label]
+    flat_normals = corner_normals.reshape(-1, 3)
+    flat_normals[nodes[has_normal]] = (sign[:, None] * mean[label])[has_normal]
 
     # Singular vertices: the spread of the group's normals against the largest bend within it.
-    spread = np.ones(n_groups)
-    member = valid[corner_face]
-    np.minimum.at(spread, label[member], np.abs(np.einsum("ij,ij->i", fn[member], mean[label[member]])))
+    agree = np.where(valid[corner_face], np.abs(np.einsum("ij,ij->i", fn, mean[label])), 1.0)  # (C,)
+    spread = np.minimum.reduceat(agree[order], starts)  # (G,)
     bend = np.ones(n_groups)
-    cos_sel = np.concatenate([cos_angle[sel], cos_angle[sel]])
-    np.minimum.at(bend, label[src], cos_sel)
+    if len(src):
+        group_of_edge = label[src]
+        by_group = np.argsort(group_of_edge, kind="stable")
+        g_sorted = group_of_edge[by_group]
+        g_starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+        bend[g_sorted[g_starts]] = np.minimum.reduceat(cos_sel[by_group], g_starts)
     spread_deg = np.rad2deg(np.arccos(np.clip(spread, -1.0, 1.0)))
     bend_deg = np.rad2deg(np.arccos(np.clip(bend, -1.0, 1.0)))
     singular = (spread_deg > SINGULAR_SPREAD_RATIO * bend_deg) & (spread_deg > SINGULAR_MIN_DEG)
-    interpolated = valid & ~singular[label].reshape(n_faces, 3).any(axis=1)
+    singular_corner = np.zeros(3 * n_faces, dtype=bool)
+    singular_corner[nodes] = singular[label]
+    interpolated = valid & ~singular_corner.reshape(n_faces, 3).any(axis=1)
     return SmoothShading(corner_normals=corner_normals, interpolated=interpolated)
 
 
