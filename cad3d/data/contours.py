@@ -138,11 +138,12 @@ def smooth_shading(
 
 def contour_segments(
     tri: np.ndarray, shading: SmoothShading, forward: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Segments of the interpolated contour seen along ``forward`` (3,).
 
-    Returns start and end points (S, 3) each, the interpolated normals there (S, 3) each, and
-    the face (S,) each segment crosses.
+    Returns start and end points (S, 3) each, the interpolated normals there (S, 3) each, the
+    face (S,) each segment crosses, and whether the surface is convex along the view there (S,):
+    with outward normals, a concave contour (inside a bore) is always hidden by its own surface.
     """
     g = shading.corner_normals @ forward  # (F, 3)
     positive = g > 0
@@ -161,7 +162,13 @@ def contour_segments(
             shading.corner_normals[crossed, other] - shading.corner_normals[crossed, lone]
         )
         ends.append((p, n))
-    return ends[0][0], ends[1][0], ends[0][1], ends[1][1], crossed
+    # Convex where n . forward grows along forward: the gradient of the linear g over the face,
+    # sum_i g_i (N x e_i) / |N|^2 with e_i the edge opposite corner i, dotted with forward.
+    corners = tri[crossed]  # (S, 3, 3)
+    big_n = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # (S, 3)
+    opposite = np.roll(corners, -2, axis=1) - np.roll(corners, -1, axis=1)  # (S, 3, 3)
+    slope = np.einsum("sk,skc,c->s", g[crossed], np.cross(big_n[:, None, :], opposite), forward)
+    return ends[0][0], ends[1][0], ends[0][1], ends[1][1], crossed, slope > 0
 
 
 def tangent_edge_mask(

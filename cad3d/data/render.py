@@ -319,7 +319,7 @@ def _draw_camera(
     # Smooth surfaces get the interpolated contour; mesh silhouettes only where it does not run.
     polygonal = ~topo.shading.interpolated[f0] | ~topo.shading.interpolated[f1c]
     selected = np.flatnonzero(topo.sharp | topo.tangent | (silhouette & (topo.sharp | polygonal)))
-    p0, p1, n0, n1, cface = contour_segments(vertices[faces], topo.shading, cam.forward)
+    p0, p1, n0, n1, cface, convex = contour_segments(vertices[faces], topo.shading, cam.forward)
 
     # Segment ends in pixels: mesh edges first, then contour segments.
     a, b = topo.edges[selected, 0], topo.edges[selected, 1]
@@ -348,6 +348,9 @@ def _draw_camera(
         screen /= np.maximum(np.linalg.norm(screen, axis=1), 1e-12)[:, None]
         visible[on_contour] = _visible_on_contour(su[on_contour], sz[on_contour], screen, cface[seg], fid,
                                                   planes, topo.wfaces, cam)
+    if topo.closed and len(convex):  # outward normals: concave contours are hidden by their own surface
+        on_concave = (eid >= len(selected)) & ~convex[np.maximum(eid - len(selected), 0)]
+        visible[on_concave] = False
 
     keep = visible
     if hidden == "dashed":
