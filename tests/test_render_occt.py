@@ -31,7 +31,7 @@ from OCP.TopoDS import TopoDS  # noqa: E402
 from cad3d.data.parts import make_part  # noqa: E402
 from cad3d.data.render import render_drawing  # noqa: E402
 from cad3d.data.synth import normalize_mesh  # noqa: E402
-from cad3d.geometry.camera import OrthoCamera, iso_camera  # noqa: E402
+from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_view_cameras  # noqa: E402
 
 # Measured agreement is >= 0.98 everywhere (benchmarks/RESULTS.md); the bounds leave a margin
 # for OCCT's own small gaps (it may drop a few pixels of an outline where two faces meet).
@@ -197,17 +197,21 @@ def ink_agreement(ours: np.ndarray, reference: np.ndarray, tol: float = TOLERANC
     return precision, recall
 
 
-def compare_with_occt(shape, mesh: trimesh.Trimesh, cam: OrthoCamera | None = None) -> dict[str, tuple[float, float]]:
-    """Precision and recall of cad3d's drawing of ``mesh`` against OCCT's of ``shape``,
-    visible lines only and with hidden lines dashed."""
-    cam = cam or iso_camera()
+def compare_with_occt(shape, mesh: trimesh.Trimesh, cameras: list[OrthoCamera] | None = None) -> dict[str, tuple[float, float]]:
+    """Precision and recall of cad3d's drawing of ``mesh`` against OCCT's of ``shape`` (iso view
+    unless ``cameras`` are given), visible lines only and with hidden lines dashed."""
+    cameras = cameras or [iso_camera()]
     normalized, normalization = normalize_mesh(mesh)
-    ref = occt_lines(shape, cam, normalization)
-    visible = rasterize(ref["sharp_visible"] + ref["outline_visible"])
-    everything = visible | rasterize(ref["sharp_hidden"] + ref["outline_hidden"])
+    size = cameras[0].image_size
+    visible, everything = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
+    for cam in cameras:
+        ref = occt_lines(shape, cam, normalization)
+        shown = rasterize(ref["sharp_visible"] + ref["outline_visible"], size)
+        visible |= shown
+        everything |= shown | rasterize(ref["sharp_hidden"] + ref["outline_hidden"], size)
     return {
-        "visible": ink_agreement(render_drawing(normalized, [cam]).image == 0, visible),
-        "dashed": ink_agreement(render_drawing(normalized, [cam], hidden="dashed").image == 0, everything),
+        "visible": ink_agreement(render_drawing(normalized, cameras).image == 0, visible),
+        "dashed": ink_agreement(render_drawing(normalized, cameras, hidden="dashed").image == 0, everything),
     }
 
 
@@ -217,6 +221,17 @@ def compare_with_occt(shape, mesh: trimesh.Trimesh, cam: OrthoCamera | None = No
 def test_drawing_matches_occt_hidden_line_removal(part, quality):
     shape = REFERENCE_PARTS[part]()
     scores = compare_with_occt(shape, tessellate(shape, *QUALITIES[quality]))
+    (p_vis, r_vis), (p_dash, r_dash) = scores["visible"], scores["dashed"]
+    assert p_vis >= MIN_PRECISION and r_vis >= MIN_RECALL_VISIBLE, scores
+    assert p_dash >= MIN_PRECISION and r_dash >= MIN_RECALL_DASHED, scores
+
+
+@pytest.mark.parametrize("view", ["three_view", "random"])
+@pytest.mark.parametrize("part", ["flange_with_hub", "filleted_bracket"])
+def test_other_views_match_occt(part, view):
+    cameras = three_view_cameras() if view == "three_view" else [random_camera(np.random.default_rng(1))]
+    shape = REFERENCE_PARTS[part]()
+    scores = compare_with_occt(shape, tessellate(shape, *QUALITIES["fine"]), cameras)
     (p_vis, r_vis), (p_dash, r_dash) = scores["visible"], scores["dashed"]
     assert p_vis >= MIN_PRECISION and r_vis >= MIN_RECALL_VISIBLE, scores
     assert p_dash >= MIN_PRECISION and r_dash >= MIN_RECALL_DASHED, scores
