@@ -53,6 +53,24 @@ def _corner_angles(tri: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
+def _components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components of the graph on ``n`` nodes with edges ``src``-``dst`` (E,):
+    (number, label (n,)). Minimum-label propagation with pointer jumping; the groups here are
+    corners around one vertex, so it settles in a few rounds (cheaper than a sparse matrix)."""
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[src], label[dst])
+        new = label.copy()
+        np.minimum.at(new, src, low)
+        np.minimum.at(new, dst, low)
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    roots, label = np.unique(label, return_inverse=True)
+    return len(roots), label
+
+
 def _corner_of(wfaces: np.ndarray, face: np.ndarray, vertex: np.ndarray) -> np.ndarray:
     """(E,) flat corner index ``3 * face + k`` of ``vertex`` in ``face``."""
     k = np.argmax(wfaces[face] == vertex[:, None], axis=1)
@@ -96,8 +114,7 @@ def smooth_shading(
     cos_sel = np.concatenate([cos_angle[sel], cos_angle[sel]])
     link = node_of[src] >= 0
     src, dst, cos_sel = node_of[src[link]], node_of[dst[link]], cos_sel[link]
-    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(nodes), len(nodes)))
-    n_groups, label = connected_components(graph, directed=False)
+    n_groups, label = _components(len(nodes), src, dst)
     corner_face = nodes // 3  # (C,)
 
     # Group-wise reductions over corners sorted by group.
