@@ -237,3 +237,18 @@ def test_contours_of_open_and_multi_body_meshes():
     assert covered.sum() > 40 and exposed.sum() > 40
     assert _ink_near(image, ring[exposed]).mean() > 0.97
     assert _ink_near(image, ring[covered], radius=0).mean() < 0.05
+
+
+def test_a_body_inside_out_among_others_draws_like_the_others():
+    """A closed multi-body mesh with one body wound inside out draws as if it were not."""
+    cam = iso_camera()
+    left = trimesh.creation.cylinder(radius=0.25, height=0.8, sections=64)
+    left.apply_translation((-0.35, 0.35, 0))
+    right = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    right.apply_translation((0.35, -0.35, 0))
+    inverted = trimesh.Trimesh(right.vertices, right.faces[:, ::-1], process=False)
+    good = render_drawing(trimesh.util.concatenate([left, right]), [cam], hidden="dashed")
+    mixed = render_drawing(trimesh.util.concatenate([left, inverted]), [cam], hidden="dashed")
+    assert np.array_equal(good.image, mixed.image)
+    assert np.allclose(good.depth, mixed.depth)
+    assert _outline_inked(mixed.image, cam, right.centroid, 0.3) > 0.97

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from cad3d.data.contours import SmoothShading, contour_segments, smooth_shading, tangent_edge_mask
 from cad3d.geometry.camera import OrthoCamera
@@ -138,9 +140,13 @@ def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: flo
     smooth = pair & both_valid & ~sharp
     closed = bool(np.all(pair) and not np.any(flipped))
     if closed:
-        signed_volume = np.einsum("ij,ij->", tri[:, 0], cross) / 6.0
-        if signed_volume < 0:  # inside-out mesh
-            normals = -normals
+        # Each body (a set of faces joined by edges) faces outwards on its own: a multi-body
+        # file may hold one body inside out.
+        n_faces = len(faces)
+        graph = coo_matrix((np.ones(len(f0)), (f0, f1)), shape=(n_faces, n_faces))
+        n_bodies, body = connected_components(graph, directed=False)
+        volume = np.bincount(body, weights=np.einsum("ij,ij->i", tri[:, 0], cross), minlength=n_bodies)
+        normals = np.where((volume[body] < 0)[:, None], -normals, normals)  # inside-out bodies
     edge_faces = np.stack([f0, f1], axis=1)
     tangent = (tangent_edge_mask(tri, valid, edge_faces, smooth, cos_angle) if with_tangent
                else np.zeros(len(edges), dtype=bool))
