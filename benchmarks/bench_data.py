@@ -1,5 +1,5 @@
 """Synthesis throughput: samples/s of `cad3d data synth` with 1 and 2 workers, start-up included,
-and where the time of one sample goes.
+where the time of one sample goes, and how the drawings agree with OCCT's hidden-line removal.
 
     .venv/bin/python benchmarks/bench_data.py [--num-samples 200]
 """
@@ -7,6 +7,7 @@ and where the time of one sample goes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,23 @@ def stage_times(n: int = 40) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def occt_agreement() -> dict[tuple[str, str], dict[str, tuple[float, float]]] | None:
+    """Ink (precision, recall) within 2 px against OCCT per reference part and tessellation, for
+    visible lines and with hidden lines dashed; None without the test extra (build123d)."""
+    if importlib.util.find_spec("build123d") is None:
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_render_occt as occt
+
+    scores = {}
+    for part, build in occt.REFERENCE_PARTS.items():
+        for quality, deflection in occt.QUALITIES.items():
+            shape = build()
+            mesh = occt.tessellate(shape, *deflection)
+            scores[(part, f"{quality} ({len(mesh.faces)} faces)")] = occt.compare_with_occt(shape, mesh)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--num-samples", type=int, default=200)
@@ -83,6 +101,14 @@ def main() -> None:
     md += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in stages.items()]
     md += ["", f"Target: >= 25 samples/s with 2 workers. Limit: the slowest stage above "
                f"({max(stages, key=stages.get)}); both cores are busy with 2 workers."]
+    scores = occt_agreement()
+    if scores is not None:
+        md += ["", "Drawings against OCCT's hidden-line removal of the exact B-rep (`tests/test_render_occt.py`, "
+               "iso view, 256 px): ink precision / recall within 2 px.", "",
+               "| part | tessellation | visible P | visible R | dashed P | dashed R |", "|---|---|---|---|---|---|"]
+        for (part, quality), s in scores.items():
+            (pv, rv), (pd, rd) = s["visible"], s["dashed"]
+            md.append(f"| {part} | {quality} | {pv:.3f} | {rv:.3f} | {pd:.3f} | {rd:.3f} |")
     write_section("data", "\n".join(md))
 
 

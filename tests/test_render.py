@@ -201,3 +201,54 @@ def test_unwelded_inside_out_and_open_meshes(box):
     drawing = render_drawing(open_box, [cam])
     assert (drawing.image == 0).sum() > 0.8 * (reference.image == 0).sum()
     assert (drawing.depth > 0).sum() == (reference.depth > 0).sum()
+
+
+def _outline_inked(image, cam, center, radius, n=200):
+    """Share of the projected outline of a sphere (a circle in an orthographic view) inked."""
+    uv, _ = cam.project(np.asarray(center)[None])
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = uv + radius * cam.scale * np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    return _ink_near(image, ring).mean()
+
+
+def test_contours_of_open_and_multi_body_meshes():
+    """Imported meshes may be open and hold several bodies, wound either way: each smooth body's
+    outline is still drawn all round, and a body in front hides the one behind."""
+    cam = iso_camera()
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    near = ball.copy()
+    near.apply_translation(-0.45 * cam.forward)  # towards the eye, overlapping the far one on screen
+    far = ball.copy()
+    far.apply_translation(0.45 * cam.forward + 0.25 * cam.R[0])
+    far.faces = far.faces[:, ::-1]  # inside-out body
+    cut = far.vertices[far.faces].mean(axis=1) @ cam.forward > 0.45 + 0.1  # open: drop its back cap
+    far = trimesh.Trimesh(far.vertices, far.faces[~cut], process=False)
+    scene = trimesh.util.concatenate([near, far])
+    assert not scene.is_watertight
+    image = render_drawing(scene, [cam]).image
+    assert _outline_inked(image, cam, near.centroid, 0.3) > 0.97
+    # The far ball's outline shows where the near one does not cover it, and not inside it.
+    uv_near, _ = cam.project(near.centroid[None])
+    ang = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    center_far = 0.45 * cam.forward + 0.25 * cam.R[0]
+    ring = cam.project(center_far[None])[0] + 0.3 * cam.scale * np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    covered = np.linalg.norm(ring - uv_near, axis=1) < 0.3 * cam.scale - 2
+    exposed = np.linalg.norm(ring - uv_near, axis=1) > 0.3 * cam.scale + 2
+    assert covered.sum() > 40 and exposed.sum() > 40
+    assert _ink_near(image, ring[exposed]).mean() > 0.97
+    assert _ink_near(image, ring[covered], radius=0).mean() < 0.05
+
+
+def test_a_body_inside_out_among_others_draws_like_the_others():
+    """A closed multi-body mesh with one body wound inside out draws as if it were not."""
+    cam = iso_camera()
+    left = trimesh.creation.cylinder(radius=0.25, height=0.8, sections=64)
+    left.apply_translation((-0.35, 0.35, 0))
+    right = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    right.apply_translation((0.35, -0.35, 0))
+    inverted = trimesh.Trimesh(right.vertices, right.faces[:, ::-1], process=False)
+    good = render_drawing(trimesh.util.concatenate([left, right]), [cam], hidden="dashed")
+    mixed = render_drawing(trimesh.util.concatenate([left, inverted]), [cam], hidden="dashed")
+    assert np.array_equal(good.image, mixed.image)
+    assert np.allclose(good.depth, mixed.depth)
+    assert _outline_inked(mixed.image, cam, right.centroid, 0.3) > 0.97

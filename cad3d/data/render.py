@@ -5,15 +5,18 @@ What is drawn, per camera (see ``cad3d.geometry.camera`` for the pixel conventio
 
 * sharp edges: the two faces meet at a dihedral angle above ``sharp_angle_deg`` (so the facets
   of a tessellated cylinder are not drawn, its end circles are);
-* silhouette edges: one face turns towards the camera, the other away (a cylinder's outline);
-* boundary and non-manifold edges of open meshes.
+* contours of smooth surfaces (a cylinder's outline), interpolated across faces from corner
+  normals (``cad3d.data.contours``), so coarse and fine tessellations draw the same line; mesh
+  edges between a front and a back face where interpolation does not apply (a cone's apex);
+* boundary and non-manifold edges of open meshes; tangent edges (fillet boundaries) on request.
 
 Visibility comes from a z-buffer rasterized at the output resolution (pixel centres, nearest
 ``c_z``) that also keeps the id of the nearest face. A point sampled on an edge is visible when,
 somewhere in its 3x3 pixel neighbourhood, the nearest face's plane extended to the point is not
 in front of it (or the pixel is background): the plane test is exact for the faces that own the
-edge, and the neighbourhood keeps lines on silhouettes and creases. Hidden parts are dropped or
-drawn dashed. Lines are drawn at ``supersample`` times the resolution and reduced with a block
+edge, and the neighbourhood keeps lines on silhouettes and creases. A contour point also looks
+across the contour and accepts the faces around its own (``_visible_on_contour``). Hidden parts
+are dropped or drawn dashed. Lines are drawn at ``supersample`` times the resolution and reduced with a block
 minimum, which keeps them crisp (no anti-aliasing grey).
 """
 
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
+from cad3d.data.contours import SmoothShading, contour_segments, smooth_shading, tangent_edge_mask
 from cad3d.data.raster import triangle_fragments
 from cad3d.geometry.camera import OrthoCamera
 
@@ -55,18 +61,23 @@ class _EdgeTopology:
 
     edges: (E, 2) vertex ids; faces: (E, 2) ids of the two adjacent faces (second = -1 on a
     boundary); flipped: (E,) the two faces are wound inconsistently across the edge; sharp: (E,)
-    dihedral angle above the threshold, or boundary/non-manifold. normals: (F, 3) unit face
-    normals (outward when the mesh is closed); valid: (F,) face has non-zero area; closed: every
-    edge has exactly two consistently wound faces (then back faces never show and are skipped).
+    dihedral angle above the threshold, or boundary/non-manifold; tangent: (E,) tangent edges
+    to draw (none unless asked). normals: (F, 3) unit face normals (outward when the mesh is
+    closed); valid: (F,) face has non-zero area; closed: every edge has exactly two consistently
+    wound faces (then back faces never show and are skipped). wfaces: (F, 3) welded vertex ids;
+    shading: corner normals for the interpolated contour.
     """
 
     edges: np.ndarray
     faces: np.ndarray
     flipped: np.ndarray
     sharp: np.ndarray
+    tangent: np.ndarray
     normals: np.ndarray
     valid: np.ndarray
     closed: bool
+    wfaces: np.ndarray
+    shading: SmoothShading
 
 
 def _pair_edges(faces: np.ndarray, n_vertices: int):
@@ -75,6 +86,9 @@ def _pair_edges(faces: np.ndarray, n_vertices: int):
     Returns edges (E, 2), first and second face (E,) (-1 if none), the number of faces on each
     edge (E,) and whether the two faces run the edge in the same direction (E,).
     """
+    if len(faces) == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64), none, none, none, np.zeros(0, dtype=bool)
     half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
     lo, hi = half.min(axis=1), half.max(axis=1)
     key = lo.astype(np.int64) * (n_vertices + 1) + hi
@@ -90,7 +104,7 @@ def _pair_edges(faces: np.ndarray, n_vertices: int):
     return np.stack([lo[first], hi[first]], axis=1), f0, f1, counts, same_direction
 
 
-def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: float) -> _EdgeTopology:
+def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: float, with_tangent: bool) -> _EdgeTopology:
     tri = vertices[faces]  # (F, 3, 3)
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3)
     norm = np.linalg.norm(cross, axis=1)
@@ -99,14 +113,24 @@ def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: flo
     valid = norm > 1e-12 * extent * extent
     normals = cross / np.where(valid, norm, 1.0)[:, None]
 
+    wfaces, rep = faces, np.arange(len(vertices))
     edges, f0, f1, counts, flipped = _pair_edges(faces, len(vertices))
     if np.any(counts != 2):
         # Open edges may be an artefact of unwelded vertices (e.g. STL): weld by position and retry.
         q = np.round((vertices - lo_corner) / extent * (2**20)).astype(np.int64)
         _, rep, inverse = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_index=True,
                                     return_inverse=True)
-        edges, f0, f1, counts, flipped = _pair_edges(inverse.reshape(-1)[faces], len(rep))
-        edges = rep[edges]
+        wfaces = inverse.reshape(-1)[faces]
+    # Faces with a repeated vertex (the poles and apexes of CAD tessellations, once welded) bound
+    # nothing: paired with real faces they would make stray open edges, drawn as dots.
+    proper = (wfaces[:, 0] != wfaces[:, 1]) & (wfaces[:, 1] != wfaces[:, 2]) & (wfaces[:, 0] != wfaces[:, 2])
+    if wfaces is not faces or not proper.all():
+        kept = np.flatnonzero(proper)
+        edges, f0, f1, counts, flipped = _pair_edges(wfaces[kept], len(rep))
+        f0, f1 = kept[f0], np.where(f1 >= 0, kept[np.maximum(f1, 0)], -1)
+        valid &= proper
+        normals = np.where(proper[:, None], normals, 0.0)
+    welded_edges, edges = edges, rep[edges]
 
     pair = counts == 2
     f1c = np.maximum(f1, 0)
@@ -114,19 +138,30 @@ def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: flo
     cos_angle = np.einsum("ij,ij->i", normals[f0], normals[f1c])
     cos_angle = np.where(flipped, -cos_angle, cos_angle)
     sharp = (pair & both_valid & (cos_angle < np.cos(np.deg2rad(sharp_angle_deg)))) | ~pair
+    smooth = pair & both_valid & ~sharp
     closed = bool(np.all(pair) and not np.any(flipped))
     if closed:
-        signed_volume = np.einsum("ij,ij->", tri[:, 0], cross) / 6.0
-        if signed_volume < 0:  # inside-out mesh
-            normals = -normals
+        # Each body (a set of faces joined by edges) faces outwards on its own: a multi-body
+        # file may hold one body inside out.
+        n_faces = len(faces)
+        graph = coo_matrix((np.ones(len(f0)), (f0, f1)), shape=(n_faces, n_faces))
+        n_bodies, body = connected_components(graph, directed=False)
+        volume = np.bincount(body, weights=np.einsum("ij,ij->i", tri[:, 0], cross), minlength=n_bodies)
+        normals = np.where((volume[body] < 0)[:, None], -normals, normals)  # inside-out bodies
+    edge_faces = np.stack([f0, f1], axis=1)
+    tangent = (tangent_edge_mask(tri, valid, edge_faces, smooth, cos_angle) if with_tangent
+               else np.zeros(len(edges), dtype=bool))
     return _EdgeTopology(
         edges=edges,
-        faces=np.stack([f0, f1], axis=1),
+        faces=edge_faces,
         flipped=flipped,
         sharp=sharp,
+        tangent=tangent,
         normals=normals,
         valid=valid,
         closed=closed,
+        wfaces=wfaces,
+        shading=smooth_shading(tri, wfaces, normals, valid, welded_edges, edge_faces, smooth, cos_angle),
     )
 
 
@@ -160,6 +195,57 @@ def _disk_offsets(radius: float) -> np.ndarray:
     return np.stack([dr[keep], dc[keep]], axis=1)
 
 
+def _pixel_lookup(su: np.ndarray, offsets_rc: np.ndarray, fid: np.ndarray, cam: OrthoCamera) -> np.ndarray:
+    """(K, S) face id seen at the pixels ``offsets_rc`` (K, 2) (rows, columns; or (K, S, 2))
+    away from the pixels holding ``su`` (S, 2), clipped to the camera's viewport."""
+    h, w = fid.shape
+    r0, c0, vh, vw = cam.viewport
+    rc = np.asarray(offsets_rc)
+    if rc.ndim == 2:
+        rc = np.broadcast_to(rc[:, None, :], (len(rc), len(su), 2))
+    rr = np.clip(np.floor(su[:, 1]).astype(np.int64)[None, :] + rc[..., 0], r0, min(r0 + vh, h) - 1)
+    cc = np.clip(np.floor(su[:, 0]).astype(np.int64)[None, :] + rc[..., 1], c0, min(c0 + vw, w) - 1)
+    return fid[rr, cc]
+
+
+def _not_behind(f: np.ndarray, su: np.ndarray, sz: np.ndarray, planes: np.ndarray, tol: float) -> np.ndarray:
+    """(K, S) pixel shows background, or its face's plane extended to ``su`` is not in front."""
+    pl = planes[np.maximum(f, 0)]  # (K, S, 3)
+    plane_depth = pl[..., 0] * su[:, 0] + pl[..., 1] * su[:, 1] + pl[..., 2]
+    return (f < 0) | (plane_depth >= sz - tol)
+
+
+def _visible_on_edges(su: np.ndarray, sz: np.ndarray, fid: np.ndarray, planes: np.ndarray, cam: OrthoCamera) -> np.ndarray:
+    """(S,) visibility of points ``su`` (S, 2) at depth ``sz`` (S,) on mesh edges: some pixel of
+    the 3x3 neighbourhood sees background or a face whose plane is not in front of the point."""
+    tol = 0.5 / cam.scale
+    visible = np.zeros(len(sz), dtype=bool)
+    todo = np.arange(len(sz))
+    # The centre pixel settles most samples; only the rest look at all 9 neighbours.
+    for offsets_rc in (_NEIGHBOURS[4:5], _NEIGHBOURS):
+        f = _pixel_lookup(su[todo], offsets_rc, fid, cam)
+        visible[todo] = np.any(_not_behind(f, su[todo], sz[todo], planes, tol), axis=0)
+        todo = todo[~visible[todo]]
+    return visible
+
+
+def _visible_on_contour(su, sz, screen, face, fid, planes, wfaces, cam: OrthoCamera) -> np.ndarray:
+    """(C,) visibility of contour points ``su`` (C, 2) at depth ``sz`` (C,) on faces ``face``
+    (C,), whose normals point along ``screen`` (C, 2) in the image.
+
+    The surface bends away from the eye there, so the faces seen right next to a contour are in
+    front of it yet hide nothing: a point is visible when a pixel beside it, across the contour
+    (the normal's side, either sign as open meshes may be wound either way) or in its 3x3
+    neighbourhood, sees background, a face not in front, or a face sharing a vertex with its own.
+    """
+    steps = np.array([1.5, -1.5, 2.5, -2.5])
+    across = np.floor(steps[:, None, None] * screen[None, :, ::-1] + 0.5).astype(np.int64)  # (4, C, 2) rows, cols
+    near = np.broadcast_to(_NEIGHBOURS[:, None, :], (len(_NEIGHBOURS), len(su), 2))
+    f = _pixel_lookup(su, np.concatenate([across, near]), fid, cam)  # (13, C)
+    local = np.any(wfaces[np.maximum(f, 0)][..., :, None] == wfaces[face][None, :, None, :], axis=(-2, -1))
+    return np.any(_not_behind(f, su, sz, planes, 0.5 / cam.scale) | ((f >= 0) & local), axis=0)
+
+
 def _draw_camera(
     cam: OrthoCamera,
     vertices: np.ndarray,
@@ -188,36 +274,41 @@ def _draw_camera(
     # Across an inconsistently wound edge the second face's normal counts reversed.
     front1 = np.where(topo.flipped, (-facing[f1c] < -1e-9) & topo.valid[f1c], front[f1c])
     silhouette = (f1 >= 0) & topo.valid[f0] & topo.valid[f1c] & (front[f0] != front1)
-    selected = np.flatnonzero(topo.sharp | silhouette)
-    if len(selected) == 0:
+    # Smooth surfaces get the interpolated contour; mesh silhouettes only where it does not run.
+    polygonal = ~topo.shading.interpolated[f0] | ~topo.shading.interpolated[f1c]
+    selected = np.flatnonzero(topo.sharp | topo.tangent | (silhouette & (topo.sharp | polygonal)))
+    p0, p1, n0, n1, cface, convex = contour_segments(vertices[faces], topo.shading, cam.forward)
+
+    # Segment ends in pixels: mesh edges first, then contour segments.
+    a, b = topo.edges[selected, 0], topo.edges[selected, 1]
+    (uc0, zc0), (uc1, zc1) = cam.project(p0), cam.project(p1)
+    ua, ub = np.concatenate([uv[a], uc0]), np.concatenate([uv[b], uc1])  # (N, 2)
+    za, zb = np.concatenate([z[a], zc0]), np.concatenate([z[b], zc1])  # (N,)
+    if len(ua) == 0:
         return
 
-    # Sample each selected edge densely in screen space (midpoints of equal sub-segments).
-    a, b = topo.edges[selected, 0], topo.edges[selected, 1]
-    ua, ub, za, zb = uv[a], uv[b], z[a], z[b]
+    # Sample each segment densely in screen space (midpoints of equal sub-segments).
     length = np.linalg.norm(ub - ua, axis=1)
     n = np.maximum(np.ceil(length * supersample * SAMPLES_PER_PX).astype(np.int64), 1) + 1
-    eid = np.repeat(np.arange(len(selected)), n)
+    eid = np.repeat(np.arange(len(ua)), n)
     k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     t = (k + 0.5) / n[eid]
     su = ua[eid] + t[:, None] * (ub - ua)[eid]  # (S, 2)
     sz = za[eid] + t * (zb - za)[eid]  # (S,)
 
-    # Visibility against the face planes of the 3x3 pixel neighbourhood.
-    col = np.floor(su[:, 0]).astype(np.int64)
-    row = np.floor(su[:, 1]).astype(np.int64)
-    tol = 0.5 / cam.scale
-    visible = np.zeros(len(sz), dtype=bool)
-    todo = np.arange(len(sz))
-    # The centre pixel settles most samples; only the rest look at all 9 neighbours.
-    for offsets_rc in (_NEIGHBOURS[4:5], _NEIGHBOURS):
-        rr = np.clip(row[todo][None, :] + offsets_rc[:, :1], r0, min(r0 + vh, h) - 1)  # (K, T)
-        cc = np.clip(col[todo][None, :] + offsets_rc[:, 1:], c0, min(c0 + vw, w) - 1)
-        f = fid[rr, cc]
-        pl = planes[np.maximum(f, 0)]  # (K, T, 3)
-        plane_depth = pl[..., 0] * su[todo, 0] + pl[..., 1] * su[todo, 1] + pl[..., 2]
-        visible[todo] = np.any((f < 0) | (plane_depth >= sz[todo] - tol), axis=0)
-        todo = todo[~visible[todo]]
+    visible = _visible_on_edges(su, sz, fid, planes, cam)
+    on_contour = np.flatnonzero((eid >= len(selected)) & ~visible)
+    if len(on_contour):
+        seg = eid[on_contour] - len(selected)
+        tc = t[on_contour, None]
+        normal = n0[seg] + tc * (n1[seg] - n0[seg])  # (C, 3)
+        screen = np.stack([normal @ cam.R[0], -(normal @ cam.R[1])], axis=1)  # (C, 2) pixels
+        screen /= np.maximum(np.linalg.norm(screen, axis=1), 1e-12)[:, None]
+        visible[on_contour] = _visible_on_contour(su[on_contour], sz[on_contour], screen, cface[seg], fid,
+                                                  planes, topo.wfaces, cam)
+    if topo.closed and len(convex):  # outward normals: concave contours are hidden by their own surface
+        on_concave = (eid >= len(selected)) & ~convex[np.maximum(eid - len(selected), 0)]
+        visible[on_concave] = False
 
     keep = visible
     if hidden == "dashed":
@@ -245,6 +336,7 @@ def render_drawing(
     line_width: float = 1.0,
     sharp_angle_deg: float = 30.0,
     supersample: int = 2,
+    tangent_edges: bool = False,
 ) -> Drawing:
     """Draw ``mesh`` as a technical drawing seen by ``cameras`` (each into its viewport).
 
@@ -252,6 +344,8 @@ def render_drawing(
     hidden: "none" omits hidden edges, "dashed" draws them dashed.
     line_width: line width in output pixels. sharp_angle_deg: dihedral angle (degrees) above
     which an edge is drawn. supersample: resolution factor the lines are drawn at.
+    tangent_edges: also draw where a planar face meets a curved one tangentially (fillet
+    boundaries). Off by default, as in ISO 128 views: those edges are not outlines.
     Returns a :class:`Drawing` of the cameras' common ``image_size`` (H, W).
     """
     if hidden not in ("none", "dashed"):
@@ -269,7 +363,7 @@ def render_drawing(
     fid = np.full((h, w), -1, dtype=np.int64)
     lines = np.zeros((h, w), dtype=bool)
     if len(faces):
-        topo = _edge_topology(vertices, faces, sharp_angle_deg)
+        topo = _edge_topology(vertices, faces, sharp_angle_deg, tangent_edges)
         offsets = _disk_offsets(max((line_width * s - 1.0) / 2.0, 0.0))
         for cam in cameras:
             _draw_camera(cam, vertices, faces, topo, zbuf, fid, lines, hidden=hidden, supersample=s, offsets=offsets)
