@@ -121,6 +121,8 @@ def import_meshes(
     num_points: int = 4096,
     image_size: int = 256,
     hidden: str = "none",
+    projection: str = "first-angle",
+    style: str = "clean",
     workers: int = 1,
     progress: bool = True,
 ) -> ImportReport:
@@ -135,7 +137,8 @@ def import_meshes(
     files = sorted(p for p in mesh_dir.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
     if not files:
         raise DatasetError(f"{mesh_dir}: no mesh files ({', '.join(MESH_EXTENSIONS)})")
-    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden)
+    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
+                              projection=projection, style=style)
     prepare_output(out_dir)
     used: set[str] = set()
     items = [(i, len(files), str(p), stem_from_path(p, used)) for i, p in enumerate(files)]

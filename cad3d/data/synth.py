@@ -29,13 +29,14 @@ import numpy as np
 
 from cad3d.errors import DatasetError
 from cad3d.io import atomic_write_bytes
-from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_view_cameras
+from cad3d.geometry.camera import DEFAULT_PROJECTION, PROJECTIONS, OrthoCamera, iso_camera, random_camera, three_view_cameras
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "cad3d-dataset"
 FORMAT_VERSION = 1
 VIEWS = ("iso", "three_view", "random")
+STYLES = ("clean", "varied")
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
@@ -51,8 +52,14 @@ class RenderSettings:
     image_size: int = 256
     hidden: str = "none"  # none | dashed
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS
+    projection: str = DEFAULT_PROJECTION  # first-angle | third-angle (three-view sheet layout)
+    style: str = "clean"  # clean | varied (cad3d.data.style)
 
     def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
         if self.hidden not in ("none", "dashed"):
@@ -110,12 +117,13 @@ def split_for(seed: int, index: int, num_samples: int, fractions=DEFAULT_SPLIT_F
     return "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
 
 
-def cameras_for(view: str, rng: np.random.Generator, image_size: int) -> list[OrthoCamera]:
+def cameras_for(view: str, rng: np.random.Generator, image_size: int,
+                projection: str = DEFAULT_PROJECTION) -> list[OrthoCamera]:
     size = (image_size, image_size)
     if view == "iso":
         return [iso_camera(size)]
     if view == "three_view":
-        return three_view_cameras(size)
+        return three_view_cameras(size, projection)
     return [random_camera(rng, size)]
 
 
@@ -177,8 +185,17 @@ def write_sample(
     from cad3d.geometry.sampling import sample_surface
 
     norm_mesh, normalization = normalize_mesh(mesh)
-    cameras = cameras_for(settings.view, rng, settings.image_size)
-    drawing = render_drawing(norm_mesh, cameras, hidden=settings.hidden)
+    style = None
+    if settings.style == "varied":
+        from cad3d.data.style import draw_varied
+
+        drawing = draw_varied(norm_mesh, settings.view, rng, settings.image_size, projection=settings.projection,
+                              mm_per_unit=normalization["scale"])
+        style = drawing.record
+    else:
+        cameras = cameras_for(settings.view, rng, settings.image_size, settings.projection)
+        drawing = render_drawing(norm_mesh, cameras, hidden=settings.hidden)
+        style = {"name": "clean"}
     points = np.asarray(sample_surface(norm_mesh, settings.num_points, rng), dtype=np.float32)  # (P, 3)
     meta = {
         "format": FORMAT_NAME,
@@ -189,7 +206,8 @@ def write_sample(
         "split": split,
         "cameras": [c.to_dict() for c in drawing.cameras],
         "view": settings.view,
-        "hidden": settings.hidden,
+        "hidden": style.get("hidden", settings.hidden),
+        "style": style,
         "normalization": normalization,
         "num_points": int(points.shape[0]),
         "mesh": {
@@ -198,6 +216,8 @@ def write_sample(
             "watertight": bool(mesh.is_watertight),
         },
     }
+    if settings.view == "three_view":
+        meta["projection"] = settings.projection
     if source is not None:
         meta["source"] = source
     atomic_write_bytes(out_dir / "images" / f"{stem}.png", _png_bytes(drawing.image), durable=False)
@@ -303,6 +323,8 @@ def create_synthetic_training_data(
     num_points: int = 4096,
     image_size: int = 256,
     hidden: str = "none",
+    projection: str = DEFAULT_PROJECTION,
+    style: str = "clean",
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     families: Iterable[str] | None = None,
@@ -326,7 +348,8 @@ def create_synthetic_training_data(
     unknown = sorted(set(fams or ()) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown part families {unknown}; known: {list(FAMILIES)}")
-    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden)
+    settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
+                              projection=projection, style=style)
     out_dir = Path(output_dir)
     prepare_output(out_dir)
     indices = list(range(num_samples)) if shard is None else list(range(shard[0], num_samples, shard[1]))
