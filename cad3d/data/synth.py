@@ -337,7 +337,7 @@ def create_synthetic_training_data(
     makes samples ``k`` with ``k % n == i`` and writes ``manifest_shard_i_of_n.json``; the shards
     of one seed together equal the unsharded dataset. Returns the manifest path.
     """
-    from cad3d.data.parts import FAMILIES
+    from cad3d.data.parts import ALL_FAMILIES, FAMILIES
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
@@ -345,9 +345,9 @@ def create_synthetic_training_data(
         raise ValueError(f"workers must be positive, got {workers}")
     shard = parse_shard(shard) if isinstance(shard, str) else (tuple(shard) if shard is not None else None)
     fams = tuple(families) if families else None
-    unknown = sorted(set(fams or ()) - set(FAMILIES))
+    unknown = sorted(set(fams or ()) - set(ALL_FAMILIES))
     if unknown:
-        raise ValueError(f"unknown part families {unknown}; known: {list(FAMILIES)}")
+        raise ValueError(f"unknown part families {unknown}; known: {list(ALL_FAMILIES)}")
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
                               projection=projection, style=style)
     out_dir = Path(output_dir)
