@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from cad3d.geometry.camera import DEFAULT_PROJECTION, PROJECTIONS
+from cad3d.geometry.camera import DEFAULT_PROJECTION, PROJECTIONS, OrthoCamera, sheet_cameras
 
 
 def _paper_level(img: np.ndarray, block: int = 16) -> np.ndarray:
@@ -62,7 +62,7 @@ def _enclosed_cells(frame: np.ndarray) -> np.ndarray:
     return ~np.isin(rooms, list(keep)) & ~frame
 
 
-def find_views(image: np.ndarray, *, min_fill: float = 1.5) -> list[tuple[int, int, int, int]]:
+def find_views(image: np.ndarray, *, min_fill: float = 1.3) -> list[tuple[int, int, int, int]]:
     """Boxes (row0, col0, row1, col1) (end-exclusive) of the drawn views of the part on a sheet.
 
     Ink is grouped into components, bridging one-pixel gaps. The border is the component spanning
@@ -95,12 +95,15 @@ def find_views(image: np.ndarray, *, min_fill: float = 1.5) -> list[tuple[int, i
         rows, cols = np.nonzero(core if core.any() else filled)
         box = (sl[0].start + rows.min(), sl[1].start + cols.min(), sl[0].start + rows.max() + 1,
                sl[1].start + cols.max() + 1)
-        seeds.append((box, int(filled.sum()), int(mine.sum())))
+        seeds.append((box, int(filled.sum()), int(mine.sum()), int(core.sum())))
     if not seeds:
         return []
-    most_fill = max(f for _, f, _ in seeds)
-    most_ink = max(c for _, _, c in seeds)
-    views = [b for b, f, c in seeds if f >= 0.05 * most_fill and (f >= min_fill * c or c >= 0.25 * most_ink)]
+    most_fill = max(s[1] for s in seeds)
+    most_ink = max(s[2] for s in seeds)
+    # A view encloses area, or is a large drawing with some, or is drawn solid (a thin bar seen
+    # end-on); dimension lines enclose none and are one pixel thin.
+    views = [b for b, f, c, core in seeds if f >= 0.05 * most_fill
+             and (f >= min_fill * c or (c >= 0.25 * most_ink and f >= 1.1 * c) or core >= 0.5 * c)]
     views.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
     merged: list[tuple] = []
     for b in views:
@@ -146,11 +149,11 @@ _PLACES = {"first-angle": {"front": "tl", "top": "bl", "side": "tr", "iso": "br"
 
 
 def sheet_views(image: np.ndarray) -> dict[str, tuple[int, int, int, int]] | None:
-    """The four panels of a three-view sheet: {"tl", "tr", "bl", "br": view box}, the views
-    found (`find_views`) grouped by quadrant around the centre of the part's box; None unless
-    every quadrant holds a view."""
+    """The panels of a three-view sheet: {"tl", "tr", "bl", "br": view box}, the views found
+    (`find_views`) grouped by quadrant around the centre of the part's box; None unless at least
+    three quadrants hold a view (a view may be too faint or thin to be found)."""
     boxes = find_views(image)
-    if len(boxes) < 4:
+    if len(boxes) < 3:
         return None
     b = np.array(boxes, dtype=np.float64)
     mid_r, mid_c = (b[:, 0].min() + b[:, 2].max()) / 2, (b[:, 1].min() + b[:, 3].max()) / 2
@@ -158,7 +161,7 @@ def sheet_views(image: np.ndarray) -> dict[str, tuple[int, int, int, int]] | Non
     for box in boxes:
         cr, cc = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         quads.setdefault(("t" if cr < mid_r else "b") + ("l" if cc < mid_c else "r"), []).append(box)
-    if len(quads) < 4:
+    if len(quads) < 3:
         return None
     return {q: (min(x[0] for x in v), min(x[1] for x in v), max(x[2] for x in v), max(x[3] for x in v))
             for q, v in quads.items()}
@@ -174,11 +177,13 @@ def projection_scores(image: np.ndarray) -> dict[str, float]:
         return {p: float("inf") for p in PROJECTIONS}
     size = {q: (b[2] - b[0], b[3] - b[1]) for q, b in quads.items()}  # (height, width) in pixels
     extent = max(max(v) for v in size.values())
+    # (view, its height or width) pairs that show the same length of the part
+    same = ((("front", 1), ("top", 1)), (("front", 0), ("side", 0)), (("top", 0), ("side", 1)))
     scores = {}
     for projection, place in _PLACES.items():
-        front, top, side = size[place["front"]], size[place["top"]], size[place["side"]]
-        err = abs(front[1] - top[1]) + abs(front[0] - side[0]) + abs(top[0] - side[1])
-        scores[projection] = err / max(extent, 1)
+        errs = [abs(size[place[a]][i] - size[place[b]][j]) for (a, i), (b, j) in same
+                if place[a] in size and place[b] in size]
+        scores[projection] = float(np.mean(errs)) / max(extent, 1) if errs else float("inf")
     return scores
 
 
@@ -188,3 +193,34 @@ def detect_projection(image: np.ndarray) -> str:
     scores = projection_scores(image)
     best = min(scores, key=scores.get)
     return best if np.isfinite(scores[best]) and scores[best] < scores[DEFAULT_PROJECTION] else DEFAULT_PROJECTION
+
+
+def fit_sheet_cameras(image: np.ndarray, projection: str | None = None) -> list[OrthoCamera] | None:
+    """Cameras of a three-view sheet wherever its views sit (a varied sheet: any scale, place and
+    panel spacing), or None if four views are not found: `sheet_cameras`' views and names, each
+    centred on its view's box, all with one scale that fits the part's largest extent in the unit
+    sphere, each owning its quadrant around the part's centre (None unless all four are found). An orthographic view's box is the
+    projection of the part's 3D box, so the cameras agree with the part normalized as datasets
+    normalize it (centred on its box), up to the unknown ratio of box to bounding sphere; the
+    iso camera only roughly (its view's box is not centred on the part's centre in general).
+    ``projection`` defaults to `detect_projection`'s answer."""
+    quads = sheet_views(image)
+    if quads is None or len(quads) < 4:
+        return None
+    projection = projection or detect_projection(image)
+    h, w = np.asarray(image).shape[:2]
+    boxes = np.array(list(quads.values()))
+    mid_r, mid_c = (boxes[:, 0].min() + boxes[:, 2].max()) / 2, (boxes[:, 1].min() + boxes[:, 3].max()) / 2
+    extent = max(max(b[2] - b[0], b[3] - b[1]) for b in quads.values())
+    scale = extent / 2.0 / 0.95  # the largest extent spans 95% of the unit sphere's diameter
+    area = {"tl": (0, 0, mid_r, mid_c), "tr": (0, mid_c, mid_r, w), "bl": (mid_r, 0, h, mid_c), "br": (mid_r, mid_c, h, w)}
+    cams = []
+    for cam in sheet_cameras(projection, (h, w)):
+        q = _PLACES[projection][cam.name]
+        r0, c0, r1, c1 = quads[q]
+        a = area[q]
+        viewport = (int(round(a[0])), int(round(a[1])), int(round(a[2] - a[0])), int(round(a[3] - a[1])))
+        cams.append(OrthoCamera(rotation=cam.rotation, eye=cam.eye, scale=float(scale),
+                                principal=((c0 + c1) / 2.0, (r0 + r1) / 2.0), image_size=(h, w), viewport=viewport,
+                                name=cam.name))
+    return cams

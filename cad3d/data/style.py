@@ -72,6 +72,10 @@ def cylinder_axes(mesh, max_axes: int = 16) -> list[dict]:
         ni, nj = normals[i][:, o], normals[j][:, o]  # (P, 2)
         ci, cj = _chord_middle(tri[i][:, :, o], ni), _chord_middle(tri[j][:, :, o], nj)
         det = ni[:, 0] * nj[:, 1] - ni[:, 1] * nj[:, 0]
+        ok = np.abs(det) > 1e-6  # degenerate (zero-area) facets have no normal
+        i, j, ni, nj, ci, cj, det = i[ok], j[ok], ni[ok], nj[ok], ci[ok], cj[ok], det[ok]
+        if len(i) == 0:
+            continue
         d = cj - ci
         t = (d[:, 0] * nj[:, 1] - d[:, 1] * nj[:, 0]) / det
         center = ci + t[:, None] * ni  # (P, 2) where the two normal lines meet
