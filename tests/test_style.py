@@ -190,3 +190,21 @@ def test_clean_and_varied_drawings_of_a_part_crop_alike():
         others = [_chamfer(varied, crops[j][1]) for j in range(len(crops)) if j != i]
         assert same[-1] < min(others), (i, same[-1], others)
     assert np.median(same) < 3.0, same  # pixels of a 96-pixel crop
+
+
+def test_cli_synth_takes_projection_style_and_procedural(tmp_path, capsys):
+    from cad3d.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["data", "synth", "--out", str(out), "--num-samples", "2", "--view", "three_view", "--projection",
+                 "third-angle", "--style", "varied", "--families", "procedural", "--image-size", "96",
+                 "--num-points", "128", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["projection"] == "third-angle" and manifest["settings"]["style"] == "varied"
+    assert manifest["families"] == ["procedural"]
+    meta = json.loads((out / "meta" / "synthetic_0000.json").read_text())
+    assert meta["projection"] == "third-angle" and meta["style"]["name"] == "varied"
+    assert [c["name"] for c in meta["cameras"]] == ["front", "top", "side", "iso"]
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    assert "default first-angle" in capsys.readouterr().out

@@ -14,6 +14,7 @@ skew, which ``sheet_to_image`` (a 2x3 affine of (u, v, 1)) maps into the image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ class StyledDrawing:
     record: dict
 
 
+@functools.lru_cache(maxsize=32)
 def _font(size: int):
     from PIL import ImageFont
 
@@ -338,17 +340,26 @@ def jpeg_like(image: np.ndarray, quality: int) -> np.ndarray:
     return out[:h, :w]
 
 
-def _turn(array: np.ndarray, degrees: float, order: int, cval: float) -> np.ndarray:
-    """``array`` turned counter-clockwise about the image centre (pixel centres at +0.5)."""
-    from scipy.ndimage import map_coordinates
-
-    h, w = array.shape
+def _turn_sources(shape, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each output pixel of an image turned ``degrees`` counter-clockwise about its centre,
+    the (row, col) array coordinates it comes from (pixel centres at +0.5)."""
+    h, w = shape
     t = np.deg2rad(degrees)
     c, s = np.cos(t), np.sin(t)
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
     du, dv = cols + 0.5 - w / 2, rows + 0.5 - h / 2
-    src_u, src_v = w / 2 + c * du - s * dv, h / 2 + s * du + c * dv  # the inverse turn
-    return map_coordinates(array, [src_v - 0.5, src_u - 0.5], order=order, mode="constant", cval=cval)
+    return h / 2 + s * du + c * dv - 0.5, w / 2 + c * du - s * dv - 0.5  # the inverse turn
+
+
+def _turn(array: np.ndarray, src, linear: bool) -> np.ndarray:
+    """``array`` resampled at ``src`` (from `_turn_sources`): bilinear or nearest, 0 outside."""
+    if linear:
+        from scipy.ndimage import map_coordinates
+
+        return map_coordinates(array, list(src), order=1, mode="constant", cval=0.0)
+    r, c = np.floor(src[0] + 0.5).astype(np.int64), np.floor(src[1] + 0.5).astype(np.int64)
+    inside = (r >= 0) & (r < array.shape[0]) & (c >= 0) & (c < array.shape[1])
+    return np.where(inside, array[np.clip(r, 0, array.shape[0] - 1), np.clip(c, 0, array.shape[1] - 1)], 0)
 
 
 def _scan(ink: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -421,9 +432,10 @@ def draw_varied(mesh, view: str, rng: np.random.Generator, image_size: int, *, p
     ink = np.maximum(part_ink.astype(np.float64), (255.0 - np.asarray(sheet.image, dtype=np.float64)) / 255.0)
     depth = drawing.depth
     if skew:
-        ink = _turn(ink, skew, 1, 0.0)
-        depth = _turn(depth, skew, 0, 0.0).astype(np.float32)
-        part_ink = _turn(part_ink.astype(np.float64), skew, 1, 0.0) > 0.5
+        src = _turn_sources(ink.shape, skew)
+        ink = _turn(ink, src, linear=True)
+        depth = _turn(depth, src, linear=False).astype(np.float32)
+        part_ink = _turn(part_ink, src, linear=False)
         cams = [rotate_in_plane(c, skew, (size / 2, size / 2)) for c in cams]
     image, scan = _scan(ink, rng)
     rows, cols = np.nonzero(part_ink)
