@@ -18,6 +18,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 
 from cad3d.geometry.camera import OrthoCamera, iso_camera, rotate_in_plane, sheet_cameras
 
@@ -184,15 +185,15 @@ class _Sheet:
         ink[r0 : int(np.ceil(tbox[3])) + 1, c0 : int(np.ceil(tbox[2])) + 1] = True  # the text's whole box
         if (ink & self.blocked).any():
             return None
-        from scipy.ndimage import binary_dilation
-
         # Extension lines run up to the part by design, so they are added after the test.
         draw.line([tuple(e0), tuple(e1)], fill=0)
         draw.line([tuple(f0), tuple(f1)], fill=0)
         layer = np.asarray(scratch)
         self.image = Image.fromarray(np.minimum(np.asarray(self.image), layer))
         self.draw = ImageDraw.Draw(self.image)
-        self.blocked |= binary_dilation(ink, iterations=2)
+        rows, cols = np.nonzero(ink)
+        win = (slice(max(rows.min() - 3, 0), rows.max() + 4), slice(max(cols.min() - 3, 0), cols.max() + 4))
+        self.blocked[win] |= binary_dilation(ink[win], iterations=2)
         return {"from": [round(float(x), 2) for x in p0], "to": [round(float(x), 2) for x in p1],
                 "offset_px": round(float(offset), 2), "text": text}
 
@@ -419,8 +420,6 @@ def draw_varied(mesh, view: str, rng: np.random.Generator, image_size: int, *, p
     drawing = render_drawing(mesh, cams, hidden=hidden, line_width=line_width)
     part_ink = drawing.image < 128
 
-    from scipy.ndimage import binary_dilation
-
     sheet = _Sheet(size, tuple(layout["free"]), unit, binary_dilation(part_ink, iterations=3))
     _draw_layout(sheet, layout, font)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
@@ -444,12 +443,12 @@ def draw_varied(mesh, view: str, rng: np.random.Generator, image_size: int, *, p
     pivot = size / 2
     sheet_to_image = [[np.cos(t), np.sin(t), pivot - np.cos(t) * pivot - np.sin(t) * pivot],
                       [-np.sin(t), np.cos(t), pivot + np.sin(t) * pivot - np.cos(t) * pivot]]
-    clean = _cameras(view, np.random.default_rng(0), size, None, projection, 0.06)
+    clean = [] if view == "random" else _cameras(view, rng, size, None, projection, 0.06)  # draws nothing
     record = {
         "name": "varied", "line_width": line_width, "hidden": hidden, "font_size": int(font.size),
         "part_area": list(area), "camera_margin": margin, "skew_deg": skew,
         "sheet_to_image": [[round(float(x), 6) for x in row] for row in sheet_to_image],
-        "clean_to_image": {c.name: _similarity(k, c) for k, c in zip(clean, cams) if view != "random"},
+        "clean_to_image": {c.name: _similarity(k, c) for k, c in zip(clean, cams)},
         "part_bbox": bbox, **{k: layout[k] for k in ("border", "title_block", "free")},
         "centre_lines": centre, "dimensions": dims, "scan": scan,
     }
