@@ -29,7 +29,15 @@ def add_parser(sub) -> None:
     def render_options(q):
         q.add_argument("--view", choices=["iso", "three_view", "random"], default="iso",
                        help="isometric drawing (default), a sheet of front/top/side/iso views, or jittered views")
-        q.add_argument("--hidden", choices=["none", "dashed"], default="none", help="draw hidden edges dashed")
+        q.add_argument("--hidden", choices=["none", "dashed"], default="none",
+                       help="draw hidden edges dashed (clean style; the varied style picks per sample)")
+        q.add_argument("--projection", choices=["first-angle", "third-angle"], default="first-angle",
+                       help="standard of three-view sheets (default first-angle, ISO: top view below the front "
+                            "view, left view right of it; third-angle: top view above, right view right of it)")
+        q.add_argument("--style", choices=["clean", "varied"], default="clean",
+                       help="clean (default): the part's lines only, filling the image; varied: a seeded mix of "
+                            "sheets as people draw and scan them (border, title block, centre lines, dimensions, "
+                            "line weights, placement, skew, blur, paper and scan noise, JPEG-like artefacts)")
         q.add_argument("--num-points", type=_positive, default=4096, help="surface samples per cloud (default 4096)")
         q.add_argument("--image-size", type=_positive, default=256, help="drawing size in pixels (default 256)")
         q.add_argument("--dense-points", type=_non_negative, default=32768,
@@ -50,7 +58,9 @@ def add_parser(sub) -> None:
     q.add_argument("--num-samples", type=_positive, required=True, help="number of samples of the whole dataset")
     q.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="make only shard I of N (samples k with k %% N == I); shards together equal the whole")
-    q.add_argument("--families", nargs="+", default=None, help="restrict to these part families")
+    q.add_argument("--families", nargs="+", default=None, metavar="NAME",
+                   help="restrict to these part families (cad3d.data.parts.FAMILIES, or procedural: random CAD "
+                        "programs)")
     render_options(q)
     q.set_defaults(func=_synth)
 
@@ -83,6 +93,7 @@ def _synth(args) -> int:
         path = create_synthetic_training_data(
             args.out, args.num_samples, seed=args.seed, view=args.view, num_points=args.num_points,
             image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points, layers=args.layers,
+            projection=args.projection, style=args.style,
             workers=args.workers, shard=args.shard,
             families=args.families, progress=not args.no_progress,
         )
@@ -96,7 +107,8 @@ def _import(args) -> int:
     from cad3d.data.importer import import_meshes
 
     report = import_meshes(args.mesh_dir, args.out, seed=args.seed, view=args.view, num_points=args.num_points,
-                           image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points, layers=args.layers,
+                           image_size=args.image_size, hidden=args.hidden, dense_points=args.dense_points, layers=args.layers, projection=args.projection,
+                           style=args.style,
                            workers=args.workers, progress=not args.no_progress)
     for path, note in report.warnings:
         print(f"warning: {path}: {note}", file=sys.stderr)

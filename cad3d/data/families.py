@@ -18,3 +18,6 @@ FAMILIES: tuple[str, ...] = (
     "hex_nut",
     "boolean_combo",
 )
+# Random CAD programs (cad3d.data.procedural): selectable by name, not part of the default mix.
+PROCEDURAL = "procedural"
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + (PROCEDURAL,)

@@ -127,6 +127,8 @@ def import_meshes(
     hidden: str = "none",
     dense_points: int = DENSE_POINTS,
     layers: int = DEFAULT_LAYERS,
+    projection: str = "first-angle",
+    style: str = "clean",
     workers: int = 1,
     progress: bool = True,
 ) -> ImportReport:
@@ -142,7 +144,7 @@ def import_meshes(
     if not files:
         raise DatasetError(f"{mesh_dir}: no mesh files ({', '.join(MESH_EXTENSIONS)})")
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
-                              dense_points=dense_points, layers=layers)
+                              dense_points=dense_points, layers=layers, projection=projection, style=style)
     prepare_output(out_dir, settings)
     used: set[str] = set()
     items = [(i, str(p), stem_from_path(p, used)) for i, p in enumerate(files)]

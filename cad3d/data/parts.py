@@ -20,7 +20,7 @@ import numpy as np
 import trimesh
 from manifold3d import CrossSection, Manifold, OpType
 
-from cad3d.data.families import FAMILIES
+from cad3d.data.families import ALL_FAMILIES, FAMILIES, PROCEDURAL  # noqa: F401 - re-exported
 
 CIRCLE_SEGMENTS = 48
 HOLE_SEGMENTS = 32
@@ -443,9 +443,15 @@ def make_part(family: str, rng: np.random.Generator) -> tuple[trimesh.Trimesh, d
     mm, faces (F, 3) int64) and a JSON-serializable dict of every drawn parameter (lengths in mm).
     The same generator state gives bit-identical vertices, faces and params.
     """
-    if family not in _BUILDERS:
-        raise ValueError(f"unknown part family {family!r}; choose one of {', '.join(FAMILIES)}")
-    solid, params = _BUILDERS[family](rng)
+    if family == PROCEDURAL:
+        from cad3d.data.procedural import make_procedural
+
+        builder = make_procedural
+    elif family in _BUILDERS:
+        builder = _BUILDERS[family]
+    else:
+        raise ValueError(f"unknown part family {family!r}; choose one of {', '.join(ALL_FAMILIES)}")
+    solid, params = builder(rng)
     if solid.is_empty() or solid.status() != manifold3d.Error.NoError:
         raise RuntimeError(f"part family {family!r} produced an invalid solid ({solid.status()}) for params {params}")
     params = dict(params, circle_segments=CIRCLE_SEGMENTS, hole_segments=HOLE_SEGMENTS)

@@ -32,7 +32,7 @@ import numpy as np
 from cad3d.data.layers import DEFAULT_LAYERS
 from cad3d.errors import DatasetError
 from cad3d.io import atomic_write_bytes
-from cad3d.geometry.camera import OrthoCamera, iso_camera, random_camera, three_view_cameras
+from cad3d.geometry.camera import DEFAULT_PROJECTION, PROJECTIONS, OrthoCamera, iso_camera, random_camera, three_view_cameras
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ FORMAT_NAME = "cad3d-dataset"
 # are still read; their recorded splits stay as recorded.
 FORMAT_VERSION = 2
 VIEWS = ("iso", "three_view", "random")
+STYLES = ("clean", "varied")
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
@@ -63,8 +64,14 @@ class RenderSettings:
     layers: int = DEFAULT_LAYERS  # layered depth maps of the drawing's cameras (0: none)
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS
     dense_points: int = DENSE_POINTS  # 0 = no dense ground truth
+    projection: str = DEFAULT_PROJECTION  # first-angle | third-angle (three-view sheet layout)
+    style: str = "clean"  # clean | varied (cad3d.data.style)
 
     def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
         if self.hidden not in ("none", "dashed"):
@@ -136,12 +143,13 @@ def split_for(seed: int, index: int, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
     return _block_splits(int(seed), index // SPLIT_BLOCK, fr)[index % SPLIT_BLOCK]
 
 
-def cameras_for(view: str, rng: np.random.Generator, image_size: int) -> list[OrthoCamera]:
+def cameras_for(view: str, rng: np.random.Generator, image_size: int,
+                projection: str = DEFAULT_PROJECTION) -> list[OrthoCamera]:
     size = (image_size, image_size)
     if view == "iso":
         return [iso_camera(size)]
     if view == "three_view":
-        return three_view_cameras(size)
+        return three_view_cameras(size, projection)
     return [random_camera(rng, size)]
 
 
@@ -206,8 +214,17 @@ def write_sample(
     from cad3d.geometry.sampling import sample_surface
 
     norm_mesh, normalization = normalize_mesh(mesh)
-    cameras = cameras_for(settings.view, rng, settings.image_size)
-    drawing = render_drawing(norm_mesh, cameras, hidden=settings.hidden)
+    style = None
+    if settings.style == "varied":
+        from cad3d.data.style import draw_varied
+
+        drawing = draw_varied(norm_mesh, settings.view, rng, settings.image_size, projection=settings.projection,
+                              mm_per_unit=normalization["scale"])
+        style = drawing.record
+    else:
+        cameras = cameras_for(settings.view, rng, settings.image_size, settings.projection)
+        drawing = render_drawing(norm_mesh, cameras, hidden=settings.hidden)
+        style = {"name": "clean"}
     points = np.asarray(sample_surface(norm_mesh, settings.num_points, rng), dtype=np.float32)  # (P, 3)
     dense = None
     if settings.dense_points > 0:
@@ -223,7 +240,8 @@ def write_sample(
         "split": split,
         "cameras": [c.to_dict() for c in drawing.cameras],
         "view": settings.view,
-        "hidden": settings.hidden,
+        "hidden": style.get("hidden", settings.hidden),
+        "style": style,
         "normalization": normalization,
         "num_points": int(points.shape[0]),
         "dense_points": 0 if dense is None else int(dense.shape[0]),
@@ -233,6 +251,8 @@ def write_sample(
             "watertight": bool(mesh.is_watertight),
         },
     }
+    if settings.view == "three_view":
+        meta["projection"] = settings.projection
     if source is not None:
         meta["source"] = source
     atomic_write_bytes(out_dir / "images" / f"{stem}.png", _png_bytes(drawing.image), durable=False)
@@ -355,6 +375,8 @@ def create_synthetic_training_data(
     hidden: str = "none",
     dense_points: int = DENSE_POINTS,
     layers: int = DEFAULT_LAYERS,
+    projection: str = DEFAULT_PROJECTION,
+    style: str = "clean",
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     families: Iterable[str] | None = None,
@@ -367,7 +389,7 @@ def create_synthetic_training_data(
     makes samples ``k`` with ``k % n == i`` and writes ``manifest_shard_i_of_n.json``; the shards
     of one seed together equal the unsharded dataset. Returns the manifest path.
     """
-    from cad3d.data.parts import FAMILIES
+    from cad3d.data.parts import ALL_FAMILIES, FAMILIES
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
@@ -375,11 +397,11 @@ def create_synthetic_training_data(
         raise ValueError(f"workers must be positive, got {workers}")
     shard = parse_shard(shard) if isinstance(shard, str) else (tuple(shard) if shard is not None else None)
     fams = tuple(families) if families else None
-    unknown = sorted(set(fams or ()) - set(FAMILIES))
+    unknown = sorted(set(fams or ()) - set(ALL_FAMILIES))
     if unknown:
-        raise ValueError(f"unknown part families {unknown}; known: {list(FAMILIES)}")
+        raise ValueError(f"unknown part families {unknown}; known: {list(ALL_FAMILIES)}")
     settings = RenderSettings(view=view, num_points=num_points, image_size=image_size, hidden=hidden,
-                              dense_points=dense_points, layers=layers)
+                              dense_points=dense_points, layers=layers, projection=projection, style=style)
     out_dir = Path(output_dir)
     prepare_output(out_dir, settings)
     indices = list(range(num_samples)) if shard is None else list(range(shard[0], num_samples, shard[1]))

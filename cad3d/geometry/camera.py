@@ -12,12 +12,13 @@ Conventions (all lengths in the normalized object frame, where a part fits the u
   ``rotation`` has determinant -1, so it is not a proper rotation for quaternion tools.
 
 A three-view sheet holds several cameras, each owning a ``viewport`` (row0, col0, height,
-width) of the image; a single view's viewport is the whole image.
+width) of the image; a single view's viewport is the whole image. Sheets follow one standard,
+first- or third-angle projection (`sheet_cameras`), which places the views differently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -187,17 +188,79 @@ def iso_camera(image_size=(256, 256)) -> OrthoCamera:
     return OrthoCamera.looking(ISO_FORWARD, image_size=image_size, name="iso")
 
 
-def three_view_cameras(image_size=(256, 256)) -> list[OrthoCamera]:
-    """Three-view sheet of four panels: front (top-left), top (bottom-left),
-    right side (top-right) and an isometric view (bottom-right)."""
+# Sheet standards (ISO 128 / ISO 5456-2): the views are the same, only their places differ.
+PROJECTIONS = ("first-angle", "third-angle")
+DEFAULT_PROJECTION = "first-angle"
+LEFT_FORWARD = np.array([1.0, 0.0, 0.0])  # eye at -x (left side view)
+
+
+def sheet_cameras(
+    projection: str = DEFAULT_PROJECTION,
+    image_size=(256, 256),
+    *,
+    area=None,
+    margin: float = 0.06,
+) -> list[OrthoCamera]:
+    """The four cameras of a three-view sheet laid out as ``projection`` places them, named
+    ``front``, ``top``, ``side`` and ``iso`` (in that order), each owning one quadrant of
+    ``area`` (row0, col0, h, w; default the whole image) as its viewport.
+
+    first-angle: front top-left, top view below it, the view from the left (eye at -x) right
+    of it, iso bottom-right. third-angle: top view top-left, front below it, the view from the
+    right (eye at +x) right of the front, iso top-right. The top view has +x right and +y up in
+    both. All panels share one scale, so a world length is the same number of pixels in each.
+    """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     h, w = image_size
-    hh, hw = h // 2, w // 2
-    return [
-        OrthoCamera.looking(FRONT_FORWARD, image_size=image_size, viewport=(0, 0, hh, hw), name="front"),
-        OrthoCamera.looking(TOP_FORWARD, image_size=image_size, viewport=(hh, 0, h - hh, hw), up=(0, 1, 0), name="top"),
-        OrthoCamera.looking(SIDE_FORWARD, image_size=image_size, viewport=(0, hw, hh, w - hw), name="side"),
-        OrthoCamera.looking(ISO_FORWARD, image_size=image_size, viewport=(hh, hw, h - hh, w - hw), name="iso"),
-    ]
+    r0, c0, ah, aw = area if area is not None else (0, 0, h, w)
+    hh, hw = ah // 2, aw // 2
+    quads = {"tl": (r0, c0, hh, hw), "bl": (r0 + hh, c0, ah - hh, hw),
+             "tr": (r0, c0 + hw, hh, aw - hw), "br": (r0 + hh, c0 + hw, ah - hh, aw - hw)}
+    if projection == "first-angle":
+        place, side_forward = {"front": "tl", "top": "bl", "side": "tr", "iso": "br"}, LEFT_FORWARD
+    else:
+        place, side_forward = {"front": "bl", "top": "tl", "side": "br", "iso": "tr"}, SIDE_FORWARD
+    views = {"front": (FRONT_FORWARD, (0, 0, 1)), "top": (TOP_FORWARD, (0, 1, 0)),
+             "side": (side_forward, (0, 0, 1)), "iso": (ISO_FORWARD, (0, 0, 1))}
+    # One scale for all panels: the smallest quadrant's (they differ by a pixel on odd sizes).
+    side = min(min(q[2], q[3]) for q in quads.values())
+    cams = []
+    for name, (forward, up) in views.items():
+        vp = quads[place[name]]
+        cam = OrthoCamera.looking(forward, image_size=image_size, viewport=vp, up=up, margin=margin, name=name)
+        cams.append(replace(cam, scale=float(side * (1.0 - 2.0 * margin) / 2.0)))
+    return cams
+
+
+def three_view_cameras(image_size=(256, 256), projection: str = DEFAULT_PROJECTION) -> list[OrthoCamera]:
+    """The whole image as one three-view sheet of ``projection`` (see `sheet_cameras`)."""
+    return sheet_cameras(projection, image_size)
+
+
+def rotate_in_plane(cam: OrthoCamera, degrees: float, pivot) -> OrthoCamera:
+    """``cam`` after its image is turned ``degrees`` counter-clockwise (as seen on screen) about
+    the pixel position ``pivot`` (u, v): the camera of a skewed scan. Right and up turn about the
+    viewing direction and the principal point moves with the image, so the camera maps every 3D
+    point exactly to where the turned image shows it. The viewport becomes the bounding box of
+    the turned one, clipped to the image."""
+    t = np.deg2rad(float(degrees))
+    c, s = np.cos(t), np.sin(t)
+    R = cam.R
+    rot = np.stack([c * R[0] - s * R[1], s * R[0] + c * R[1], R[2]])  # (3, 3)
+
+    def turn(u, v):  # image rows point down, so a counter-clockwise turn has this sign pattern
+        du, dv = np.asarray(u, dtype=np.float64) - pivot[0], np.asarray(v, dtype=np.float64) - pivot[1]
+        return pivot[0] + c * du + s * dv, pivot[1] - s * du + c * dv
+
+    cx, cy = turn(*cam.principal)
+    r0, c0, vh, vw = cam.viewport
+    us, vs = turn([c0, c0 + vw, c0, c0 + vw], [r0, r0, r0 + vh, r0 + vh])
+    h, w = cam.image_size
+    top, left = max(int(np.floor(vs.min())), 0), max(int(np.floor(us.min())), 0)
+    bottom, right = min(int(np.ceil(vs.max())), h), min(int(np.ceil(us.max())), w)
+    return replace(cam, rotation=tuple(map(tuple, rot.tolist())), principal=(float(cx), float(cy)),
+                   viewport=(top, left, max(bottom - top, 0), max(right - left, 0)))
 
 
 def random_camera(rng: np.random.Generator, image_size=(256, 256), max_jitter_deg: float = 25.0) -> OrthoCamera:
