@@ -19,7 +19,7 @@ from cad3d.io import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MAX_PIXELS = 64_000_000  # a 8000x8000 drawing; larger inputs are refused before decoding
-FORMATS = ("ply", "npy", "obj")
+FORMATS = ("ply", "npy", "obj", "glb")
 
 
 def read_drawing(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
@@ -183,7 +183,8 @@ class ConversionResult:
 
 
 def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
-    """Serialize a cloud: binary PLY of vertices, .npy, or an OBJ mesh reconstructed from it."""
+    """Serialize a cloud: binary PLY of vertices, .npy, an OBJ mesh reconstructed from it, or a
+    GLB of both (`glb_bytes`)."""
     import trimesh
 
     pts = np.asarray(points, dtype=np.float32)
@@ -195,7 +196,30 @@ def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
         return trimesh.PointCloud(pts).export(file_type="ply")
     if fmt == "obj":
         return mesh_from_cloud(pts).export(file_type="obj").encode()
+    if fmt == "glb":
+        return glb_bytes(pts)
     raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+
+
+def glb_bytes(points: np.ndarray) -> bytes:
+    """A binary glTF scene that browsers and Blender open: node ``points`` holds the cloud as a
+    point primitive coloured by height, node ``mesh`` the surface `mesh_from_cloud` builds (left
+    out when it has no faces). glTF is y-up, our clouds z-up: both are stored as (x, z, -y)."""
+    import trimesh
+
+    pts = np.asarray(points, dtype=np.float32)
+    y_up = pts[:, [0, 2, 1]] * np.array([1, 1, -1], dtype=np.float32)  # (N, 3)
+    height = pts[:, 2] - pts[:, 2].min()
+    t = (height / max(float(height.max()), 1e-12))[:, None]  # (N, 1) in [0, 1], low -> high
+    colors = np.concatenate([(1 - t) * (40, 90, 200) + t * (240, 150, 40), np.full_like(t, 255)], axis=1)  # (N, 4)
+    scene = trimesh.Scene()
+    scene.add_geometry(trimesh.PointCloud(y_up, colors=colors.astype(np.uint8)), node_name="points", geom_name="points")
+    mesh = mesh_from_cloud(pts)
+    if len(mesh.faces):
+        mesh.vertices = mesh.vertices[:, [0, 2, 1]] * (1, 1, -1)
+        mesh.visual.face_colors = (170, 180, 195, 255)
+        scene.add_geometry(mesh, node_name="mesh", geom_name="mesh")
+    return scene.export(file_type="glb")
 
 
 def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
@@ -246,11 +270,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = "ply",
+def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str | tuple[str, ...] = "ply",
                  drawing: np.ndarray | None = None, preview: bool = True) -> dict[str, Path]:
-    """Write ``stem.<fmt>`` (and ``stem_preview.png``) into ``out_dir``; all bytes are produced
-    before anything is written, and each file appears whole or not at all."""
-    payloads = {fmt: cloud_bytes(result.points, fmt)}
+    """Write ``stem.<fmt>`` for one format or each of several (and ``stem_preview.png``) into
+    ``out_dir``; all bytes are produced before anything is written, and each file appears whole
+    or not at all. Returns {format or "preview": path}."""
+    payloads = {f: cloud_bytes(result.points, f) for f in ((fmt,) if isinstance(fmt, str) else fmt)}
     if preview:
         payloads["preview"] = png_bytes(preview_image(result.points, drawing))
     out_dir = Path(out_dir)
@@ -260,7 +285,7 @@ def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = 
         raise ConversionError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from None
     written = {}
     for kind, data in payloads.items():
-        path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{fmt}")
+        path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{kind}")
         try:
             atomic_write_bytes(path, data, durable=False)
         except OSError as exc:

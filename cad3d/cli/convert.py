@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", choices=["auto", "diffusion", "vit", "depth", "geometric"], default="auto",
                    help="conversion path (default auto: the best one with trained weights)")
-    p.add_argument("--format", choices=["ply", "npy", "obj"], default="ply",
-                   help="ply/npy point cloud, or obj mesh reconstructed from the cloud (default ply)")
+    p.add_argument("--format", choices=["ply", "npy", "obj", "glb"], default="ply",
+                   help="ply/npy point cloud, obj mesh reconstructed from the cloud, or glb of both (points and "
+                        "mesh; opens in browsers and Blender) (default ply)")
     p.add_argument("--num-points", type=positive_int, default=None, help="points per cloud (default: the model's)")
     p.add_argument("--steps", type=sampling_steps, default=50,
                    help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
