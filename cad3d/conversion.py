@@ -204,7 +204,7 @@ def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
 def glb_bytes(points: np.ndarray) -> bytes:
     """A binary glTF scene that browsers and Blender open: node ``points`` holds the cloud as a
     point primitive coloured by height, node ``mesh`` the surface `mesh_from_cloud` builds (left
-    out when it has no faces). glTF is y-up, our clouds z-up: both are stored as (x, z, -y)."""
+    out when it cannot build one). glTF is y-up, our clouds z-up: both are stored as (x, z, -y)."""
     import trimesh
 
     pts = np.asarray(points, dtype=np.float32)
@@ -214,8 +214,11 @@ def glb_bytes(points: np.ndarray) -> bytes:
     colors = np.concatenate([(1 - t) * (40, 90, 200) + t * (240, 150, 40), np.full_like(t, 255)], axis=1)  # (N, 4)
     scene = trimesh.Scene()
     scene.add_geometry(trimesh.PointCloud(y_up, colors=colors.astype(np.uint8)), node_name="points", geom_name="points")
-    mesh = mesh_from_cloud(pts)
-    if len(mesh.faces):
+    try:
+        mesh = mesh_from_cloud(pts)
+    except ConversionError:
+        mesh = None
+    if mesh is not None and len(mesh.faces):
         mesh.vertices = mesh.vertices[:, [0, 2, 1]] * (1, 1, -1)
         mesh.visual.face_colors = (170, 180, 195, 255)
         scene.add_geometry(mesh, node_name="mesh", geom_name="mesh")
@@ -225,7 +228,7 @@ def glb_bytes(points: np.ndarray) -> bytes:
 def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
     """A watertight mesh around a normalized cloud: occupancy on a grid, closed and filled, then
     marching cubes (trimesh with scikit-image). Coarse (voxel edge 2/resolution) but faithful to
-    concavities, unlike a convex hull."""
+    concavities, unlike a convex hull. ConversionError when the points are too scattered."""
     import trimesh
     from scipy import ndimage
 
@@ -236,6 +239,8 @@ def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
     grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
     grid = ndimage.binary_closing(grid, structure=np.ones((3, 3, 3)), iterations=1)
     grid = ndimage.binary_fill_holes(grid)
+    if not grid.any():  # scattered points only (e.g. a barely trained model): closing erased them all
+        raise ConversionError("the cloud is too scattered to build a mesh around it (save it as ply, npy or glb)")
     # One empty voxel of padding keeps the surface closed at the grid's border.
     mesh = trimesh.voxel.ops.matrix_to_marching_cubes(np.pad(grid, 1), pitch=pitch)
     mesh.apply_translation(np.full(3, -1.0 - pitch / 2))
