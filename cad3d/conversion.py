@@ -201,10 +201,12 @@ def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
     raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
 
 
-def glb_bytes(points: np.ndarray) -> bytes:
-    """A binary glTF scene that browsers and Blender open: node ``points`` holds the cloud as a
-    point primitive coloured by height, node ``mesh`` the surface `mesh_from_cloud` builds (left
-    out when it cannot build one). glTF is y-up, our clouds z-up: both are stored as (x, z, -y)."""
+def glb_bytes(points: np.ndarray, marker_size: float | None = None) -> bytes:
+    """A binary glTF scene that browsers and Blender open, coloured by height (blue low, orange
+    high). Default: node ``points`` holds the cloud as a point primitive and node ``mesh`` the
+    surface `mesh_from_cloud` builds (left out when it cannot build one). ``marker_size``: the
+    cloud alone, each point an octahedron of that radius (a viewer draws point primitives one
+    pixel wide). glTF is y-up, our clouds z-up: everything is stored as (x, z, -y)."""
     import trimesh
 
     pts = np.asarray(points, dtype=np.float32)
@@ -212,8 +214,17 @@ def glb_bytes(points: np.ndarray) -> bytes:
     height = pts[:, 2] - pts[:, 2].min()
     t = (height / max(float(height.max()), 1e-12))[:, None]  # (N, 1) in [0, 1], low -> high
     colors = np.concatenate([(1 - t) * (40, 90, 200) + t * (240, 150, 40), np.full_like(t, 255)], axis=1)  # (N, 4)
+    colors = colors.astype(np.uint8)
     scene = trimesh.Scene()
-    scene.add_geometry(trimesh.PointCloud(y_up, colors=colors.astype(np.uint8)), node_name="points", geom_name="points")
+    if marker_size is not None:
+        corners = np.concatenate([np.eye(3), -np.eye(3)]) * marker_size  # (6, 3): +x +y +z -x -y -z
+        faces = np.array([[0, 1, 2], [1, 3, 2], [3, 4, 2], [4, 0, 2], [1, 0, 5], [3, 1, 5], [4, 3, 5], [0, 4, 5]])  # outward
+        verts = (y_up[:, None, :] + corners[None]).reshape(-1, 3)  # (N * 6, 3)
+        tris = (faces[None] + 6 * np.arange(len(pts))[:, None, None]).reshape(-1, 3)  # (N * 8, 3)
+        markers = trimesh.Trimesh(verts, tris, vertex_colors=np.repeat(colors, 6, axis=0), process=False)
+        scene.add_geometry(markers, node_name="points", geom_name="points")
+        return scene.export(file_type="glb")
+    scene.add_geometry(trimesh.PointCloud(y_up, colors=colors), node_name="points", geom_name="points")
     try:
         mesh = mesh_from_cloud(pts)
     except ConversionError:

@@ -89,7 +89,7 @@ def test_service_writes_every_format_and_reports_bad_files_like_the_cli(service,
     assert summary.startswith("converted 1, failed 2") and "only the first 3" in summary
     ok, not_image, too_big = done
     assert ok.error is None and ok.method == "geometric" and ok.trained is False and ok.seconds > 0
-    assert set(ok.files) == {"ply", "npy", "glb", "obj", "preview"}
+    assert set(ok.files) == {"ply", "npy", "glb", "obj", "preview", "view"}
     assert np.load(ok.files["npy"]).shape == (600, 3)
     assert len(trimesh.load(ok.files["ply"]).vertices) == 600
     assert len(load_glb(open(ok.files["glb"], "rb").read()).geometry["points"].vertices) == 600

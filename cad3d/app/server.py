@@ -54,12 +54,14 @@ def build_app(service: ConversionService, examples: list[Path] | None = None):
                     gr.Markdown(service.describe_methods())
                     points = gr.Slider(256, cfg.max_points, value=service.default_points(), step=256, label="points")
                     steps = gr.Slider(1, 200, value=50, step=1, label="diffusion steps")
-                    guidance = gr.Number(None, label="guidance (empty: the model's own)", minimum=0)
+                    guidance = gr.Number(service.default_guidance(), minimum=0, maximum=20, label="guidance",
+                                         info="classifier-free guidance of the diffusion path; 1 = the conditional model")
                     seed = gr.Number(0, precision=0, label="seed")
                     button = gr.Button("Convert", variant="primary", elem_id="convert")
             summary = gr.Markdown(elem_id="summary")
             for i in range(cfg.max_files):
-                with gr.Column(visible=False, elem_id=f"result-{i}") as box:
+                # "hidden", not False: a Model3D first rendered invisible never mounts its canvas.
+                with gr.Column(visible="hidden", elem_id=f"result-{i}") as box:
                     text = gr.Markdown(elem_id=f"result-{i}-text")
                     view = gr.Model3D(label="3D view (drag to turn)", height=360, elem_id=f"result-{i}-view",
                                       clear_color=(1.0, 1.0, 1.0, 1.0))
@@ -96,8 +98,8 @@ def build_app(service: ConversionService, examples: list[Path] | None = None):
             for i, (box, text, view, buttons) in enumerate(slots):
                 d = done[i] if i < len(done) else None
                 ok = d is not None and d.error is None
-                updates += [gr.Column(visible=d is not None), _panel_text(d) if d else "",
-                            gr.Model3D(value=d.files["glb"] if ok else None, visible=ok)]
+                updates += [gr.Column(visible=True if d is not None else "hidden"), _panel_text(d) if d else "",
+                            gr.Model3D(value=d.files["view"] if ok else None, visible=True if ok else "hidden")]
                 updates += [gr.DownloadButton(value=d.files.get(f) if ok else None, visible=ok and f in d.files)
                             for f in DOWNLOADS]
             return updates

@@ -58,7 +58,7 @@ class DrawingResult:
     weights: dict = field(default_factory=dict)
     seconds: float = 0.0  # model time for this drawing
     note: str | None = None  # e.g. why there is no OBJ
-    files: dict[str, str] = field(default_factory=dict)  # ply, obj, npy, glb, preview -> path
+    files: dict[str, str] = field(default_factory=dict)  # ply, obj, npy, glb, preview, view -> path
 
     def as_dict(self) -> dict:
         return {"name": self.name, "error": self.error, "method": self.method, "trained": self.trained,
@@ -105,6 +105,11 @@ class ConversionService:
 
     def default_points(self) -> int:
         return int(self.converter.num_points or self.converter.native_points(self.converter.resolve_method("auto")))
+
+    def default_guidance(self) -> float:
+        """The diffusion model's own guidance scale (1.0 without a diffusion model)."""
+        diffusion = self.converter.diffusion
+        return float(diffusion.model.config.guidance_scale) if diffusion is not None else 1.0
 
     # -- converting -----------------------------------------------------------------------------
     def check_upload(self, path: Path) -> str | None:
@@ -170,7 +175,7 @@ class ConversionService:
                 d = results[Path(r["input"])]
                 d.method, d.trained, d.weights, d.seconds = r["method"], r["trained"], r["weights"], r["seconds"]
                 d.files = {k: str(v) for k, v in r["outputs"].items()}
-                d.note = self._write_mesh(Path(d.files["npy"]))
+                d.files["view"], d.note = self._write_extras(Path(d.files["npy"]))
                 if d.note is None:
                     d.files["obj"] = str(Path(d.files["npy"]).with_suffix(".obj"))
         done = list(results.values())
@@ -179,19 +184,24 @@ class ConversionService:
         return done, "; ".join([summary, *notes])
 
     @staticmethod
-    def _write_mesh(npy: Path) -> str | None:
-        """The OBJ beside a cloud's .npy, when a mesh can be built around it; else why not.
-        Apart from the other formats so that a scattered cloud still gets them."""
+    def _write_extras(npy: Path) -> tuple[str, str | None]:
+        """Beside a cloud's .npy: ``<stem>_view.glb`` (the cloud as small markers, for the 3D
+        view) and the OBJ mesh when one can be built around the cloud. Returns (view path, why
+        there is no OBJ or None); the OBJ is apart from the other formats so that a scattered
+        cloud still gets them."""
         import numpy as np
 
-        from cad3d.conversion import cloud_bytes
+        from cad3d.conversion import cloud_bytes, glb_bytes
         from cad3d.io import atomic_write_bytes
 
+        points = np.load(npy, allow_pickle=False)
+        view = npy.with_name(f"{npy.stem}_view.glb")
+        atomic_write_bytes(view, glb_bytes(points, marker_size=min(0.03, 0.9 / np.sqrt(len(points)))), durable=False)
         try:
-            atomic_write_bytes(npy.with_suffix(".obj"), cloud_bytes(np.load(npy, allow_pickle=False), "obj"), durable=False)
+            atomic_write_bytes(npy.with_suffix(".obj"), cloud_bytes(points, "obj"), durable=False)
         except ConversionError as exc:
-            return f"no OBJ: {exc}"
-        return None
+            return str(view), f"no OBJ: {exc}"
+        return str(view), None
 
     # -- examples and figures -------------------------------------------------------------------
     def make_examples(self) -> list[Path]:
