@@ -74,17 +74,24 @@ def build_app(service: ConversionService, examples: list[Path] | None = None):
                 all_files = gr.File(label="all output files", file_count="multiple")
             state = gr.State([])
 
-        with gr.Tab("Evaluation & training"):
-            eval_text, chart = service.evaluation_page()
-            gr.Markdown(eval_text)
-            if chart:
-                gr.Image(chart, label="evaluation chart", show_label=True, interactive=False)
-            figures, notes = service.loss_figures()
-            if figures:
-                gr.Gallery(figures, label="loss curves of the trained models", columns=1, height="auto",
-                           object_fit="contain")
-            if notes:
-                gr.Markdown("\n".join(f"- {n}" for n in notes))
+        # Drawn when the tab is first opened (matplotlib takes seconds), not at start-up.
+        with gr.Tab("Evaluation & training") as tab:
+            eval_text = gr.Markdown("Loading the evaluation and the training curves ...")
+            chart = gr.Image(label="evaluation chart", interactive=False, visible=False)
+            curves = gr.Gallery(label="loss curves of the trained models", columns=1, height="auto",
+                                object_fit="contain", visible=False)
+            notes = gr.Markdown()
+            refresh = gr.Button("Refresh", size="sm")
+
+        def evaluation(force: bool = False):
+            text_, chart_ = service.evaluation_page()
+            figures, notes_ = service.loss_figures(refresh=force)
+            return (text_, gr.Image(chart_, visible=chart_ is not None), gr.Gallery(figures, visible=bool(figures)),
+                    "\n".join(f"- {n}" for n in notes_))
+
+        tab_outputs = [eval_text, chart, curves, notes]
+        tab.select(evaluation, None, tab_outputs, api_visibility="private")
+        refresh.click(lambda: evaluation(True), None, tab_outputs, api_visibility="private")
 
         def convert(uploads, chosen, method_, points_, steps_, guidance_, seed_):
             paths = [Path(u) for u in (uploads or [])] + [by_name[n] for n in (chosen or []) if n in by_name]

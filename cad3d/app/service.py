@@ -88,6 +88,7 @@ class ConversionService:
             self._tmp = None
             self.work_dir = Path(c.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._figures: tuple[list, list] | None = None  # loss_figures, drawn on first use
 
     # -- choices shown in the form ----------------------------------------------------------
     def methods(self) -> list[str]:
@@ -237,11 +238,15 @@ class ConversionService:
         chart = ev / "eval_chart.png"
         return text, str(chart) if chart.is_file() else None
 
-    def loss_figures(self) -> tuple[list[tuple[str, str]], list[str]]:
+    def loss_figures(self, refresh: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
         """Loss curves of every run under ``runs_dir`` drawn into ``work_dir/plots``:
-        ([(png path, run name)], [notes on runs that could not be drawn])."""
+        ([(png path, run name)], [notes on runs that could not be drawn]). Drawn once, again
+        with ``refresh``."""
         from cad3d.evaluation import EvaluationError, find_runs
         from cad3d.plots import plot_loss_curves
+
+        if self._figures is not None and not refresh:
+            return self._figures
 
         root = Path(self.config.runs_dir)
         figures, notes = [], []
@@ -253,7 +258,8 @@ class ConversionService:
                 notes.append(str(exc))
         if not figures and not notes:
             notes.append(f"no training runs under `{root}`")
-        return figures, notes
+        self._figures = (figures, notes)
+        return self._figures
 
     def close(self) -> None:
         if self._tmp is not None:
