@@ -121,6 +121,17 @@ def test_service_examples_and_empty_evaluation_tab(service):
     assert figures == [] and "no training runs" in notes[0]
 
 
+def test_serve_binds_to_localhost_unless_told(tmp_path):
+    from cad3d.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.models_dir) == ("127.0.0.1", 7860, "models")
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "0", "--models-dir", str(tmp_path)])
+    assert (args.host, args.port, args.models_dir) == ("0.0.0.0", 0, str(tmp_path))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-upload-mb", "0"])
+
+
 # -- `cad3d serve` through gradio_client -----------------------------------------------------------
 @pytest.mark.slow
 def test_gradio_client_converts_through_the_running_app(app_server, tiny_dataset, tmp_path):

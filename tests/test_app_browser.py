@@ -61,7 +61,7 @@ def test_a_drawing_is_converted_shown_in_3d_and_its_glb_downloads(page, tiny_dat
     drawing = sorted((tiny_dataset / "images").glob("*.png"))[0]
     assert convert(page, [drawing], "depth").startswith("converted 1, failed 0")
     text = page.locator("#result-0-text").inner_text()
-    assert drawing.name in text and "path depth (trained)" in text and "cad3d_depth_256.onnx" in text
+    assert drawing.name in text and "path depth · trained weights" in text and "cad3d_depth_256.onnx" in text
     assert re.search(r"· \d+\.\d\d s", text), text  # the time taken
 
     # The viewer draws a moment after its canvas appears: look until the cloud shows.
@@ -102,6 +102,7 @@ def test_a_bad_upload_shows_its_error_and_no_stack_trace(page, tiny_dataset, tmp
 def test_the_second_tab_shows_the_evaluation_and_the_loss_curves(page):
     page.get_by_role("tab", name="Evaluation & training").click()
     page.get_by_text("geometric (no weights)").first.wait_for()
+    page.locator("img[src*='eval_chart']").wait_for()
     gallery = page.locator("img[src*='loss_']")
     gallery.first.wait_for()
     names = sorted({src.rsplit("/", 1)[-1] for src in (gallery.nth(i).get_attribute("src") for i in range(gallery.count()))})

@@ -23,10 +23,12 @@ DOWNLOADS = ("glb", "ply", "obj", "npy")
 def _panel_text(d: DrawingResult) -> str:
     if d.error:
         return f"### {d.name}\n**Could not convert:** {d.error}"
-    weights = "no weights" if d.method == "geometric" else ", ".join(f"`{w}`" for w in d.weights.values())
-    state = "" if d.method == "geometric" else (" (trained)" if d.trained else " (untrained)")
+    if d.method == "geometric":
+        used = "no weights"
+    else:
+        used = f"{'trained' if d.trained else 'untrained'} weights " + ", ".join(f"`{w}`" for w in d.weights.values())
     note = f" · {d.note}" if d.note else ""
-    return f"### {d.name}\npath **{d.method}**{state} · weights {weights} · {d.seconds:.2f} s{note}"
+    return f"### {d.name}\npath **{d.method}** · {used} · {d.seconds:.2f} s{note}"
 
 
 def build_app(service: ConversionService, examples: list[Path] | None = None):
@@ -52,7 +54,8 @@ def build_app(service: ConversionService, examples: list[Path] | None = None):
                 with gr.Column(scale=1):
                     method = gr.Dropdown(service.methods(), value="auto", label="method", elem_id="method")
                     gr.Markdown(service.describe_methods())
-                    points = gr.Slider(256, cfg.max_points, value=service.default_points(), step=256, label="points")
+                    points = gr.Slider(256, cfg.max_points, value=service.default_points(), step=256, label="points",
+                                       elem_id="points")
                     steps = gr.Slider(1, 200, value=50, step=1, label="diffusion steps")
                     guidance = gr.Number(service.default_guidance(), minimum=0, maximum=20, label="guidance",
                                          info="classifier-free guidance of the diffusion path; 1 = the conditional model")

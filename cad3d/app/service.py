@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -208,8 +209,6 @@ class ConversionService:
     def make_examples(self) -> list[Path]:
         """A few drawings from the synthetic generator (one per family in `EXAMPLE_FAMILIES`
         as drawn by the seed), copied to ``work_dir/examples/<family>_<k>.png``."""
-        import shutil
-
         from cad3d.data.dataset import index_dataset
         from cad3d.data.synth import create_synthetic_training_data
 
@@ -230,13 +229,18 @@ class ConversionService:
         return found
 
     def evaluation_page(self) -> tuple[str, str | None]:
-        """(eval.md text or a note where it would be, eval_chart.png path or None)."""
+        """(eval.md text or a note where it would be, a copy of eval_chart.png or None)."""
         ev = Path(self.config.eval_dir)
         md = ev / "eval.md"
         text = md.read_text(encoding="utf-8") if md.is_file() else (
             f"No evaluation yet: `{md}` does not exist. Run `cad3d eval --data DATASET -o {ev}` and reload.")
         chart = ev / "eval_chart.png"
-        return text, str(chart) if chart.is_file() else None
+        if not chart.is_file():
+            return text, None
+        # A copy in the work folder: the page serves files from there only, wherever eval_dir is.
+        shown = self.work_dir / "eval_chart.png"
+        shutil.copyfile(chart, shown)
+        return text, str(shown)
 
     def loss_figures(self, refresh: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
         """Loss curves of every run under ``runs_dir`` drawn into ``work_dir/plots``:
