@@ -302,9 +302,9 @@ class ConvertReport:
 
 
 def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  method: str = "auto", fmt: str | tuple[str, ...] = "ply", num_points: int | None = None, steps: int = 50,
-                  guidance: float | None = None, batch_size: int = 16, seed: int = 0, preview: bool = True,
-                  progress: bool = True) -> ConvertReport:
+                  method: str = "auto", fmt: str | tuple[str, ...] = "ply", num_points: int | None = None,
+                  steps: int = 50, guidance: float | None = None, batch_size: int = 16, seed: int = 0,
+                  preview: bool = True, progress: bool = True) -> ConvertReport:
     """Convert files and folders of drawings into ``out_dir`` (``<name>.<fmt>`` for one format or
     several, and a preview).
 
