@@ -15,7 +15,6 @@ from cad3d.data.dataset import index_dataset, load_drawing
 from cad3d.conversion.converter import HybridCAD3DConverter
 from cad3d.errors import ConversionError, DatasetError, EvaluationError
 from cad3d.evaluation.baselines import RetrievalBaseline, medoid_index
-from cad3d.evaluation.curves import find_runs, plot_loss_curves, read_loss_curves
 from cad3d.evaluation.evaluate import ALL_METHODS, evaluate
 from cad3d.evaluation.metrics import SampleScore, aggregate, aggregate_by_family, score_cloud
 
@@ -221,38 +220,6 @@ def test_missing_data_split_and_methods_are_one_line_errors(tiny_dataset, tmp_pa
     # Baselines without a train split to index are skipped with the reason, not a crash.
     report = evaluate(two, "train", ["retrieval", "geometric"], bare_converter(tmp_path), train_data=tmp_path / "nowhere")
     assert report["methods"]["retrieval"]["status"] == "skipped" and "no training split" in report["methods"]["retrieval"]["note"]
-
-
-# -- loss curves -------------------------------------------------------------------------------
-def test_cad3d_plot_draws_loss_curves_from_epoch_logs_and_reports(vit_run, tmp_path, capsys):
-    assert main(["plot", str(vit_run / "vit")]) == 0
-    png = vit_run / "vit" / "loss_curves.png"
-    assert capsys.readouterr().out.strip() == str(png)
-    with Image.open(png) as im:
-        assert im.size == (720, 420)
-    curves = read_loss_curves(vit_run / "vit")
-    assert [e for e, _ in curves["train_loss"]] == [1, 2] and "val_loss" in curves
-
-    # A diffusion run keeps only the train loss per epoch, in its training report.
-    diff = tmp_path / "runs" / "diffusion"
-    diff.mkdir(parents=True)
-    (diff / "training_report.json").write_text(json.dumps({"loss_history": [1.0, 0.5, 0.05, float("nan"), 0.01]}))
-    vae = tmp_path / "runs" / "vae"
-    vae.mkdir()
-    (vae / "vae_epoch_log.json").write_text(json.dumps([{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5},
-                                                        {"epoch": 2, "train_loss": 1.0, "val_loss": 1.5}]))
-    assert read_loss_curves(diff) == {"train_loss": [(1, 1.0), (2, 0.5), (3, 0.05), (5, 0.01)]}
-    assert find_runs(tmp_path / "runs") == [diff, vae]
-    out = tmp_path / "plots"
-    assert main(["plot", str(tmp_path / "runs"), "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["loss_diffusion.png", "loss_vae.png"]
-
-    (tmp_path / "empty").mkdir()
-    assert main(["plot", str(tmp_path / "empty")]) == 1
-    assert "no training logs" in capsys.readouterr().err
-    (vae / "vae_epoch_log.json").write_text("{not json")
-    with pytest.raises(EvaluationError, match="vae_epoch_log.json"):
-        plot_loss_curves(vae)
 
 
 def test_cli_help():

@@ -19,7 +19,7 @@ from cad3d.errors import Cad3dError
 
 # Command groups, in the order `cad3d --help` lists them. A module missing here is a group
 # not built yet; it is skipped so the others keep working.
-_GROUPS = ["data", "train", "ckpt", "convert", "eval", "plot", "demo"]
+_GROUPS = ["data", "train", "ckpt", "convert", "eval", "plot", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", choices=["auto", "diffusion", "vit", "depth", "geometric"], default="auto",
                    help="conversion path (default auto: the best one with trained weights)")
-    p.add_argument("--format", choices=["ply", "npy", "obj"], default="ply",
-                   help="ply/npy point cloud, or obj mesh reconstructed from the cloud (default ply)")
+    p.add_argument("--format", choices=["ply", "npy", "obj", "glb"], default="ply",
+                   help="ply/npy point cloud, obj mesh reconstructed from the cloud, or glb of both (points and "
+                        "mesh; opens in browsers and Blender) (default ply)")
     p.add_argument("--num-points", type=positive_int, default=None, help="points per cloud (default: the model's)")
     converter_options(p)
     p.add_argument("--no-preview", action="store_true", help="no PNG previews")

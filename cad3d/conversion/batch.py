@@ -21,10 +21,11 @@ class ConvertReport:
 
 
 def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  method: str = "auto", fmt: str = "ply", num_points: int | None = None, steps: int = 50,
-                  guidance: float | None = None, batch_size: int = 16, seed: int = 0, preview: bool = True,
-                  progress: bool = True) -> ConvertReport:
-    """Convert files and folders of drawings into ``out_dir`` (``<name>.<fmt>`` and a preview).
+                  method: str = "auto", fmt: str | tuple[str, ...] = "ply", num_points: int | None = None,
+                  steps: int = 50, guidance: float | None = None, batch_size: int = 16, seed: int = 0,
+                  preview: bool = True, progress: bool = True) -> ConvertReport:
+    """Convert files and folders of drawings into ``out_dir`` (``<name>.<fmt>`` for one format or
+    several, and a preview).
 
     Each bad input is recorded in ``report.failed`` with its cause and the others go on; nothing
     partial is ever written. Drawings are read first, then converted ``batch_size`` at a time.
@@ -61,7 +62,7 @@ def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.Pat
                 report.failed.append((str(p), str(exc)))
                 continue
             report.results.append({"input": str(p), "outputs": outputs, "method": res.method, "trained": res.trained,
-                                   "seconds": res.seconds})
+                                   "weights": res.weights, "seconds": res.seconds})
         bar.update(len(chunk))
     bar.close()
     return report

@@ -12,7 +12,7 @@ import numpy as np
 from cad3d.errors import ConversionError
 from cad3d.io import atomic_write_bytes
 
-FORMATS = ("ply", "npy", "obj")
+FORMATS = ("ply", "npy", "obj", "glb")
 
 
 @dataclass
@@ -28,7 +28,8 @@ class ConversionResult:
 
 
 def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
-    """Serialize a cloud: binary PLY of vertices, .npy, or an OBJ mesh reconstructed from it."""
+    """Serialize a cloud: binary PLY of vertices, .npy, an OBJ mesh reconstructed from it, or a
+    GLB of both (`glb_bytes`)."""
     import trimesh
 
     pts = np.asarray(points, dtype=np.float32)
@@ -40,13 +41,50 @@ def cloud_bytes(points: np.ndarray, fmt: str) -> bytes:
         return trimesh.PointCloud(pts).export(file_type="ply")
     if fmt == "obj":
         return mesh_from_cloud(pts).export(file_type="obj").encode()
+    if fmt == "glb":
+        return glb_bytes(pts)
     raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+
+
+def glb_bytes(points: np.ndarray, marker_size: float | None = None) -> bytes:
+    """A binary glTF scene that browsers and Blender open, coloured by height (blue low, orange
+    high). Default: node ``points`` holds the cloud as a point primitive and node ``mesh`` the
+    surface `mesh_from_cloud` builds (left out when it cannot build one). ``marker_size``: the
+    cloud alone, each point an octahedron of that radius (a viewer draws point primitives one
+    pixel wide). glTF is y-up, our clouds z-up: everything is stored as (x, z, -y)."""
+    import trimesh
+
+    pts = np.asarray(points, dtype=np.float32)
+    y_up = pts[:, [0, 2, 1]] * np.array([1, 1, -1], dtype=np.float32)  # (N, 3)
+    height = pts[:, 2] - pts[:, 2].min()
+    t = (height / max(float(height.max()), 1e-12))[:, None]  # (N, 1) in [0, 1], low -> high
+    colors = np.concatenate([(1 - t) * (40, 90, 200) + t * (240, 150, 40), np.full_like(t, 255)], axis=1)  # (N, 4)
+    colors = colors.astype(np.uint8)
+    scene = trimesh.Scene()
+    if marker_size is not None:
+        corners = np.concatenate([np.eye(3), -np.eye(3)]) * marker_size  # (6, 3): +x +y +z -x -y -z
+        faces = np.array([[0, 1, 2], [1, 3, 2], [3, 4, 2], [4, 0, 2], [1, 0, 5], [3, 1, 5], [4, 3, 5], [0, 4, 5]])  # outward
+        verts = (y_up[:, None, :] + corners[None]).reshape(-1, 3)  # (N * 6, 3)
+        tris = (faces[None] + 6 * np.arange(len(pts))[:, None, None]).reshape(-1, 3)  # (N * 8, 3)
+        markers = trimesh.Trimesh(verts, tris, vertex_colors=np.repeat(colors, 6, axis=0), process=False)
+        scene.add_geometry(markers, node_name="points", geom_name="points")
+        return scene.export(file_type="glb")
+    scene.add_geometry(trimesh.PointCloud(y_up, colors=colors), node_name="points", geom_name="points")
+    try:
+        mesh = mesh_from_cloud(pts)
+    except ConversionError:
+        mesh = None
+    if mesh is not None and len(mesh.faces):
+        mesh.vertices = mesh.vertices[:, [0, 2, 1]] * (1, 1, -1)
+        mesh.visual.face_colors = (170, 180, 195, 255)
+        scene.add_geometry(mesh, node_name="mesh", geom_name="mesh")
+    return scene.export(file_type="glb")
 
 
 def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
     """A watertight mesh around a normalized cloud: occupancy on a grid, closed and filled, then
     marching cubes (trimesh with scikit-image). Coarse (voxel edge 2/resolution) but faithful to
-    concavities, unlike a convex hull."""
+    concavities, unlike a convex hull. ConversionError when the points are too scattered."""
     import trimesh
     from scipy import ndimage
 
@@ -57,6 +95,8 @@ def mesh_from_cloud(points: np.ndarray, resolution: int = 48):
     grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
     grid = ndimage.binary_closing(grid, structure=np.ones((3, 3, 3)), iterations=1)
     grid = ndimage.binary_fill_holes(grid)
+    if not grid.any():  # scattered points only (e.g. a barely trained model): closing erased them all
+        raise ConversionError("the cloud is too scattered to build a mesh around it (save it as ply, npy or glb)")
     # One empty voxel of padding keeps the surface closed at the grid's border.
     mesh = trimesh.voxel.ops.matrix_to_marching_cubes(np.pad(grid, 1), pitch=pitch)
     mesh.apply_translation(np.full(3, -1.0 - pitch / 2))
@@ -91,11 +131,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = "ply",
+def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str | tuple[str, ...] = "ply",
                  drawing: np.ndarray | None = None, preview: bool = True) -> dict[str, Path]:
-    """Write ``stem.<fmt>`` (and ``stem_preview.png``) into ``out_dir``; all bytes are produced
-    before anything is written, and each file appears whole or not at all."""
-    payloads = {fmt: cloud_bytes(result.points, fmt)}
+    """Write ``stem.<fmt>`` for one format or each of several (and ``stem_preview.png``) into
+    ``out_dir``; all bytes are produced before anything is written, and each file appears whole
+    or not at all. Returns {format or "preview": path}."""
+    payloads = {f: cloud_bytes(result.points, f) for f in ((fmt,) if isinstance(fmt, str) else fmt)}
     if preview:
         payloads["preview"] = png_bytes(preview_image(result.points, drawing))
     out_dir = Path(out_dir)
@@ -105,7 +146,7 @@ def write_result(result: ConversionResult, out_dir: Path, stem: str, fmt: str = 
         raise ConversionError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from None
     written = {}
     for kind, data in payloads.items():
-        path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{fmt}")
+        path = out_dir / (f"{stem}_preview.png" if kind == "preview" else f"{stem}.{kind}")
         try:
             atomic_write_bytes(path, data, durable=False)
         except OSError as exc:

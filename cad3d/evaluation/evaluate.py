@@ -50,7 +50,7 @@ import numpy as np
 from cad3d.conversion.converter import METHODS
 from cad3d.errors import Cad3dError, DatasetError, EvaluationError
 from cad3d.evaluation.baselines import THUMBNAIL_SIZE, MeanBaseline, OracleBaseline, RetrievalBaseline
-from cad3d.evaluation.curves import write_loss_curves
+from cad3d.evaluation.plots import write_loss_curves
 from cad3d.evaluation.metrics import SampleScore, aggregate, aggregate_by_family, score_clouds, with_oracle_fractions
 from cad3d.evaluation.report import write_artefacts
 

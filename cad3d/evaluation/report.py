@@ -144,6 +144,10 @@ def write_artefacts(report: dict, out_dir: str | os.PathLike, *, examples=None, 
         _write_png(out / "eval_examples.png", examples_image(examples, ran, labels=titles))
         paths["examples"] = str(out / "eval_examples.png")
         report["example_stems"] = list(example_stems or [])
+    if any(info["status"] == "ok" for info in report["methods"].values()):
+        from cad3d.evaluation.plots import plot_eval_chart
+
+        paths["chart"] = str(plot_eval_chart(report, out / "eval_chart.png"))
     paths.update(more or {})
     paths["markdown"] = str(out / "eval.md")
     paths["json"] = str(out / "eval.json")
