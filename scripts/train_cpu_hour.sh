@@ -6,7 +6,7 @@
 # retrieval and medoid baselines and the oracle on
 #   (a) the held-out test split of those 10 families, and
 #   (b) 150 parts of 3 families no model has seen (unseen families),
-# against the dense ground truth, every method at 4096 points.
+# against the dense ground truth, every method at 8192 points (the stored samples' count).
 #
 #   scripts/train_cpu_hour.sh [ROOT]      (default ROOT: runs/cpu_hour)
 #   EPOCHS_DEPTH=.. EPOCHS_VIT=.. EPOCHS_DIFFUSION=.. scale the training to the time you have.
@@ -21,9 +21,9 @@ UNSEEN=training_data/unseen_families
 T0=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s"; }
 
-"$PY" -m cad3d data synth --out "$DATA" --num-samples 1000 --seed 0 --workers 2 --image-size 128 --no-progress \
+"$PY" -m cad3d data synth --out "$DATA" --num-samples 1000 --seed 0 --workers 2 --image-size 128 --num-points 8192 --no-progress \
     --families $SEEN
-"$PY" -m cad3d data synth --out "$UNSEEN" --num-samples 150 --seed 1 --workers 2 --image-size 128 --no-progress \
+"$PY" -m cad3d data synth --out "$UNSEEN" --num-samples 150 --seed 1 --workers 2 --image-size 128 --num-points 8192 --no-progress \
     --families ${HELD//,/ }
 stamp "data"
 train() { "$PY" -m cad3d train "$1" --data "$DATA" --out "trained_models/$1" --preset tiny --device cpu \

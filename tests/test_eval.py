@@ -249,19 +249,19 @@ def test_depth_lifting_is_scored_when_an_onnx_depth_model_exists(tiny_dataset, t
 # -- the honest scoreboard ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dense_dataset(tmp_path_factory):
-    """Six parts with 4096-point clouds and the dense ground truth: what `cad3d eval` scores."""
+    """Six parts with 8192-point clouds and the dense ground truth: what `cad3d eval` scores."""
     from cad3d.data.synth import create_synthetic_training_data
 
     out = tmp_path_factory.mktemp("dense")
-    create_synthetic_training_data(out, 6, workers=1, progress=False, num_points=4096, image_size=64, seed=3, layers=0)
+    create_synthetic_training_data(out, 6, workers=1, progress=False, num_points=8192, image_size=64, seed=3, layers=0)
     return out
 
 
 def test_oracle_is_near_the_ceiling_and_every_method_answers_with_the_same_count(dense_dataset, tmp_path):
-    report = evaluate(dense_dataset, "all", ["geometric", "oracle"], bare_converter(tmp_path), num_points=4096)
+    report = evaluate(dense_dataset, "all", ["geometric", "oracle"], bare_converter(tmp_path))
     oracle, geometric = report["overall"]["oracle"], report["overall"]["geometric"]
-    assert report["num_points"] == 4096
-    assert oracle["fscore_1pct"] >= 0.85, oracle  # a perfect 4096-point answer scores near 1
+    assert report["num_points"] == 8192  # the stored samples' count
+    assert oracle["fscore_1pct"] >= 0.85, oracle  # a perfect 8192-point answer scores near 1
     assert oracle["of_oracle"]["fscore_1pct"] == pytest.approx(1.0)
     assert geometric["fscore_1pct"] < oracle["fscore_1pct"] and geometric["of_oracle"]["chamfer_l2"] > 1
     assert geometric["repeated"] == 0 and oracle["repeated"] == 0  # no point counted twice

@@ -71,8 +71,7 @@ class ConversionService:
     """The converter, loaded once, and everything the app's pages ask of it."""
 
     def __init__(self, config: AppConfig | None = None, converter=None):
-        from cad3d.cli._args import weights_path
-        from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter
+        from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, weights_path
 
         self.config = config or AppConfig()
         c = self.config

@@ -75,20 +75,10 @@ def converter_options(parser) -> None:
 
 def make_converter(args):
     """The `HybridCAD3DConverter` of `converter_options` (inference only: no learning)."""
-    from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter
+    from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, weights_path
 
     return HybridCAD3DConverter(
         device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
         diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
         depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
     )
-
-
-def weights_path(given, default):
-    """The checkpoint to load: the user's path as given (a missing one is warned about), else the
-    default one if it exists, else None (that path is simply not available)."""
-    from pathlib import Path
-
-    if given is not None:
-        return given
-    return default if Path(default).is_file() else None

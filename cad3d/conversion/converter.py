@@ -45,6 +45,14 @@ DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d tr
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
 
 
+def weights_path(given, default):
+    """The checkpoint to load: the user's path as given (a missing one is warned about), else the
+    default one if it exists, else None (that path is simply not available)."""
+    if given is not None:
+        return given
+    return default if Path(default).is_file() else None
+
+
 def _existing(path) -> Optional[Path]:
     return Path(path) if path is not None and Path(path).is_file() else None
 
