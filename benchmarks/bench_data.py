@@ -50,10 +50,10 @@ def stage_times(n: int = 40) -> dict[str, float]:
     """Median milliseconds per stage of one sample, in-process."""
     from cad3d.data.parts import FAMILIES, make_part
     from cad3d.data.render import render_drawing
-    from cad3d.data.synth import _npy_bytes, _png_bytes, cameras_for, normalize_mesh
+    from cad3d.data.synth import DENSE_POINTS, DENSE_STREAM, _npy_bytes, _png_bytes, cameras_for, normalize_mesh
     from cad3d.geometry.sampling import sample_surface
 
-    times: dict[str, list[float]] = {"part": [], "render": [], "sample": [], "encode": []}
+    times: dict[str, list[float]] = {"part": [], "render": [], "sample": [], "dense": [], "encode": []}
     for i in range(n):
         rng = np.random.default_rng([0, i])
         t0 = time.perf_counter()
@@ -64,9 +64,11 @@ def stage_times(n: int = 40) -> dict[str, float]:
         t2 = time.perf_counter()
         pts = sample_surface(mesh, 4096, rng)
         t3 = time.perf_counter()
-        _png_bytes(drawing.image), _npy_bytes(np.asarray(pts)), _npy_bytes(drawing.depth)
+        dense = sample_surface(mesh, DENSE_POINTS, np.random.default_rng([0, i, DENSE_STREAM])).astype(np.float16)
         t4 = time.perf_counter()
-        for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        _png_bytes(drawing.image), _npy_bytes(np.asarray(pts)), _npy_bytes(drawing.depth), _npy_bytes(dense)
+        t5 = time.perf_counter()
+        for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             times[key].append(dt * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
         q.add_argument("--num-points", type=_positive, default=4096, help="surface samples per cloud (default 4096)")
         q.add_argument("--image-size", type=_positive, default=256, help="drawing size in pixels (default 256)")
         q.add_argument("--dense-points", type=_non_negative, default=32768,
-                       help="dense surface samples per part, the ground truth `eval` scores against "
+                       help="dense surface samples per part, the ground truth to score against "
                             "(default 32768; 0 = none)")
         q.add_argument("--layers", type=_non_negative, default=4,
                        help="layered depth maps per drawing: each pixel's first K surface crossings, what the "
