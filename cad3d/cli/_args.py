@@ -55,21 +55,26 @@ def sampling_steps(text: str) -> int:
     return value
 
 
-def converter_options(parser) -> None:
-    """The options of the commands that convert drawings (convert, eval): sampling, device,
-    batching and the weights to load (see `make_converter`)."""
-    parser.add_argument("--steps", type=sampling_steps, default=50,
-                        help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
+def model_weight_options(parser) -> None:
+    """Where the converter's weights come from, and its device (convert, eval, serve)."""
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     parser.add_argument("--vit", default=None, metavar="PATH",
                         help="ViT checkpoint (default: trained_models/vit/final_model.pth when it exists)")
     parser.add_argument("--diffusion", default=None, metavar="PATH",
                         help="diffusion checkpoint (default: trained_models/diffusion/diffusion_best.pth when it exists)")
     parser.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
     parser.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
+
+
+def converter_options(parser) -> None:
+    """The options of the commands that convert batches of drawings (convert, eval): sampling,
+    batching and the weights to load (see `make_converter`)."""
+    parser.add_argument("--steps", type=sampling_steps, default=50,
+                        help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
+    model_weight_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

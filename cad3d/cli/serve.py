@@ -18,10 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                                                        "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=non_negative_int, default=7860, help="port (default 7860; 0 = any free port)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     model_weight_options(p)
-    p.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
-    p.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
     p.add_argument("--eval-dir", default="outputs/eval", help="evaluation shown in the second tab (default outputs/eval)")
     p.add_argument("--runs-dir", default="trained_models", help="training runs whose loss curves are shown "
                                                                "(default trained_models/)")

@@ -73,6 +73,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--keep-last", type=non_negative_int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (resumable)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
+    p.add_argument("--vit-encoder", metavar="VIT_CHECKPOINT",
+                   help="diffusion only: the hybrid, the trained ViT of this checkpoint encodes the drawings (its patch "
+                        "tokens are the features each point reads at its projection), fine-tuned with the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run, _parser=p)
 
@@ -97,8 +100,17 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     out_dir = args.out or str(Path("trained_models") / args.model)
+    task_overrides = None
+    if args.vit_encoder:
+        if args.model != "diffusion":
+            args._parser.error("--vit-encoder is an option of the diffusion model")
+        from cad3d.training.loader import load_trained
+
+        vit = load_trained(args.vit_encoder, kind="vit", weights="raw")
+        task_overrides = {"vit_encoder": vit.config.model.to_dict(), "vit_checkpoint": str(args.vit_encoder)}
     try:
-        report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, **overrides)
+        report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, task_overrides=task_overrides,
+                             **overrides)
     except TrainingInterrupted as exc:
         print(f"cad3d: {exc}", file=sys.stderr)
         return 128 + exc.signal_number

@@ -91,6 +91,12 @@ class DiffusionTaskConfig:
     val_samples: int = 8  # val drawings sampled each epoch for val_chamfer (0: loss only)
     val_steps: int = 10  # DDIM steps of those samples
     guidance_grid: tuple = (1.0, 2.0, 3.0)  # guidance scales tried on them; the best is stored
+    # The hybrid: a ViT (this VisionTransformerConfig dict) encodes the drawing instead of the CNN;
+    # its patch tokens are the feature map each point reads at its projection. ``vit_checkpoint``:
+    # a trained ViT whose weights it starts from (training only; a checkpoint of the hybrid holds
+    # the whole encoder).
+    vit_encoder: Optional[dict] = None
+    vit_checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
@@ -177,9 +183,27 @@ class DiffusionTask(TrainTask):
             num_points=m.num_points, seed=seed)))
 
     # -- model -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping[str, Any]) -> "DiffusionTask":
+        task = super().from_checkpoint(payload)
+        task.config.vit_checkpoint = None  # the checkpoint holds the encoder's trained weights
+        return task
+
+    def _vit_encoder(self) -> nn.Module:
+        from cad3d.models.image_encoders import ViTImageEncoder
+        from cad3d.models.vit import VisionTransformer, VisionTransformerConfig
+
+        vit = VisionTransformer(VisionTransformerConfig.from_dict(self.config.vit_encoder))
+        if self.config.vit_checkpoint:
+            from cad3d.training.loader import load_trained
+
+            vit.load_state_dict(load_trained(self.config.vit_checkpoint, kind="vit", weights="raw").model.state_dict())
+        return ViTImageEncoder(vit, vit.config.width, out_dim=self.config.model.encoder.out_dim, tokens=False, fmap=True)
+
     def build_modules(self) -> dict[str, nn.Module]:
         if self.model is None:
-            self.model = Diffusion3DModel(self.config.model)
+            encoder = self._vit_encoder() if self.config.vit_encoder else None
+            self.model = Diffusion3DModel(self.config.model, image_encoder=encoder)
         return {"image_encoder": self.model.image_encoder, "unet": self.model.unet}
 
     def inference_model(self, modules: Mapping[str, nn.Module]) -> Diffusion3DModel:
