@@ -24,15 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_section  # noqa: E402
 
 
-def build_runs(root: Path) -> dict[str, Path]:
-    """A tiny dataset and one step of each model, so the converter has real checkpoints."""
+def build_runs(root: Path, *, preset: str = "tiny", device: str = "cpu", data: Path | None = None,
+               samples: int = 24) -> dict[str, Path]:
+    """One optimizer step of each converting model (``preset``) on a small synthetic dataset
+    (made in ``root`` unless ``data`` is given), so the converter has real checkpoints."""
     from cad3d.data.synth import create_synthetic_training_data
     from cad3d.training.engine import train_model
 
-    data = root / "data"
-    create_synthetic_training_data(data, 24, num_points=512, workers=2, progress=False)
+    if data is None:
+        data = root / "data"
+        create_synthetic_training_data(data, samples, num_points=512, workers=2, progress=False)
     onnx = root / "models" / "cad3d_depth_256.onnx"
-    common = dict(preset="tiny", epochs=1, max_steps=1, progress=False, device="cpu")
+    common = dict(preset=preset, epochs=1, max_steps=1, progress=False, device=device, batch_size=2)
     train_model("vit", data, out_dir=root / "vit", **common)
     train_model("diffusion", data, out_dir=root / "diffusion", **common)
     train_model("depth", data, out_dir=root / "depth", task_overrides={"onnx_path": str(onnx)}, **common)
@@ -41,14 +44,15 @@ def build_runs(root: Path) -> dict[str, Path]:
             "depth": onnx, "images": images}
 
 
-def time_path(converter, method: str, drawings: list, batch: int, points: int) -> float:
-    """Best seconds per drawing over 2 rounds (after one warm-up call)."""
+def time_path(converter, method: str, drawings: list, batch: int, points: int, steps: int = 20, rounds: int = 2) -> float:
+    """Best seconds per drawing over ``rounds`` rounds (after one warm-up call); diffusion
+    samples with ``steps`` DDIM steps."""
     chunk = (drawings * (batch // len(drawings) + 1))[:batch]
-    converter.convert_batch(chunk[:1], method, num_points=points, steps=20)
+    converter.convert_batch(chunk[:1], method, num_points=points, steps=steps)
     best = float("inf")
-    for _ in range(2):
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        converter.convert_batch(chunk, method, num_points=points, steps=20)
+        converter.convert_batch(chunk, method, num_points=points, steps=steps)
         best = min(best, (time.perf_counter() - t0) / batch)
     return best
 
