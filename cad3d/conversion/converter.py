@@ -200,12 +200,13 @@ class HybridCAD3DConverter:
         model = self.diffusion
         native = model.config.num_points
         x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
-        parts = []
-        for _ in range(-(-n_pts // native)):
-            gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
-            x_T = torch.stack([torch.randn(native, 3, generator=g) for g in gens]).to(self.device)  # (B, native, 3)
-            parts.append(model.sample(x, steps=steps, guidance=guidance, x_T=x_T).float().cpu().numpy())
-        return list(np.concatenate(parts, axis=1))  # B x (rounds * native, 3)
+        # All rounds in one call: each drawing is encoded once and the U-Net runs on B * rounds clouds.
+        rounds = -(-n_pts // native)
+        seeds = [[int(rng.integers(2**62)) for rng in rngs] for _ in range(rounds)]  # the order of one call per round
+        x_T = torch.stack([torch.randn(native, 3, generator=torch.Generator().manual_seed(seeds[r][b]))
+                           for b in range(len(rngs)) for r in range(rounds)]).to(self.device)  # (B * rounds, native, 3)
+        clouds = model.sample(x, steps=steps, guidance=guidance, x_T=x_T).float().cpu().numpy()  # (B * rounds, native, 3)
+        return list(clouds.reshape(len(rngs), rounds * native, 3))  # B x (rounds * native, 3)
 
     def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.config.image_size)

@@ -149,7 +149,8 @@ class Diffusion3DModel(nn.Module):
             return self.unet(x, tt, feats.vector, feats.tokens, torch.ones(B, dtype=torch.bool, device=x.device))
         tokens = torch.cat([feats.tokens, feats.tokens]) if feats.tokens is not None else None
         drop = torch.cat([torch.zeros(B, dtype=torch.bool, device=x.device), torch.ones(B, dtype=torch.bool, device=x.device)])
-        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop)  # (2B, N, 3)
+        geometry = self.unet.geometry(x, repeat=2)  # both passes see the same points: find neighbourhoods once
+        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop, geometry)  # (2B, N, 3)
         return guided_eps(eps[:B], eps[B:], guidance)
 
     @torch.no_grad()
@@ -173,8 +174,9 @@ class Diffusion3DModel(nn.Module):
         means all T), ``guidance`` (default ``config.guidance_scale``), ``sampler`` "ddim" (eta=0:
         deterministic given x_T) or "ddpm" (ancestral). Randomness: ``generator``, else a CPU
         generator seeded with ``seed`` (default 0) — the same seed gives the same clouds.
-        ``x_T`` (B, N, 3) starts from given noise. ``condition=False`` samples with the null
-        condition (the unconditional model)."""
+        ``x_T`` (B * R, N, 3) starts from given noise: R clouds per drawing (rows b * R .. b * R + R - 1
+        belong to drawing b; the drawings are encoded once). ``condition=False`` samples with the
+        null condition (the unconditional model)."""
         cfg = self.config
         dev = images.device
         steps = steps or cfg.sample_steps or cfg.schedule.timesteps
@@ -189,7 +191,13 @@ class Diffusion3DModel(nn.Module):
             B = images.shape[0]
             n = num_points or cfg.num_points
             x = x_T.float().to(dev) if x_T is not None else torch.randn((B, n, 3), generator=generator, device=generator.device).to(dev)
+            if x.shape[0] % B:
+                raise ValueError(f"x_T holds {x.shape[0]} clouds: not a multiple of the {B} drawings")
             feats = self.image_encoder(images)
+            if x.shape[0] != B:  # R clouds per drawing share its features
+                r = x.shape[0] // B
+                feats = ImageFeatures(feats.vector.repeat_interleave(r, 0),
+                                      None if feats.tokens is None else feats.tokens.repeat_interleave(r, 0))
             smp = make_sampler(sampler or cfg.sampler, self.schedule, eta=eta, clip_x0=cfg.clip_x0)
             smp.set_timesteps(steps)
             for t, t_prev in smp.pairs():
