@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--steps", type=int, default=20, help="diffusion DDIM steps")
     parser.add_argument("--guidance", type=float, nargs="+", default=[None], help="diffusion guidance scales")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
     parser.add_argument("--section", default="convert", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
@@ -87,13 +88,13 @@ def main() -> None:
                                             depth_model_path=runs["depth"], enable_learning=False)
             for method in args.methods or METHODS:
                 for g in args.guidance if method == "diffusion" else [None]:
-                    times = [time_path(conv, method, drawings, b, args.points, steps=args.steps, guidance=g) for b in args.batches]
+                    times = [time_path(conv, method, drawings, b, args.points, steps=args.steps, rounds=args.rounds, guidance=g) for b in args.batches]
                     label = method if g is None else f"{method} (guidance {g:g})"
                     rows.append((device, label, times))
                     print(f"{device} {label:<24} " + "  ".join(f"batch {b}: {t * 1000:9.1f} ms/drawing" for b, t in zip(args.batches, times)), flush=True)
     md = ["## Conversion latency (`benchmarks/bench_convert.py`)", "", f"Machine: {machine_info()}", "",
           f"`HybridCAD3DConverter.convert_batch`, {args.points} points per cloud, {args.preset} presets, diffusion DDIM "
-          f"{args.steps} steps; best of 2 rounds after a warm-up. Milliseconds per drawing:", "",
+          f"{args.steps} steps; best of {args.rounds} round(s) after a warm-up. Milliseconds per drawing:", "",
           "| device | path | " + " | ".join(f"batch {b}" for b in args.batches) + " | batch speed-up |",
           "|---|---|" + "---|" * (len(args.batches) + 1)]
     md += [f"| {d} | {m} | " + " | ".join(f"{t * 1000:.1f}" for t in ts) + f" | {ts[0] / ts[-1]:.1f}x |" for d, m, ts in rows]
