@@ -52,9 +52,11 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def task_train_rate(task, device, batch_size: int, steps: int, precision: str = "fp32", lr: float = 1e-3) -> float:
+def task_train_rate(task, device, batch_size: int, steps: int, precision: str = "fp32", lr: float = 1e-3,
+                    compile_backend: str | None = None) -> float:
     """Training samples per second of one `TrainTask` (forward, loss, backward, AdamW step on the
-    task's example batch): the median over ``steps`` timed steps after 2 warm-up steps."""
+    task's example batch): the median over ``steps`` timed steps after 2 warm-up steps (which
+    include compilation when ``compile_backend`` names a `torch.compile` backend)."""
     import statistics
     import time
 
@@ -64,6 +66,8 @@ def task_train_rate(task, device, batch_size: int, steps: int, precision: str = 
 
     modules = {k: m.to(device).train() for k, m in task.build_modules().items()}
     opt = task.configure_optimizer(modules, lr=lr, weight_decay=0.0)
+    if compile_backend:
+        modules = {k: torch.compile(m, backend=compile_backend) for k, m in modules.items()}
     batch = task.to_device(task.example_batch(batch_size, torch.Generator().manual_seed(0)), device)
     ctx = StepContext(1, 0, device, torch.Generator(device=device).manual_seed(0))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]

@@ -2,10 +2,12 @@
 batch 1 and batch 32, on CPU (and CUDA when present).
 
     .venv/bin/python benchmarks/bench_convert.py [--points 2048] [--no-write]
+    .venv/bin/python benchmarks/bench_convert.py --preset full --methods diffusion --steps 2 --guidance 1 3 --section NAME
 
-Models are the `tiny` presets with initial weights (latency does not depend on the weights);
-the depth path runs our exported ONNX model; diffusion uses its fast sampler (DDIM, 20 steps).
-Writes the ``convert`` section of benchmarks/RESULTS.md.
+Models are the `tiny` presets (``--preset``) after one training step (latency does not depend on
+the weights); the depth path runs our exported ONNX model; diffusion uses its fast sampler (DDIM,
+``--steps`` 20) at each ``--guidance`` (default: the model's). Writes the ``convert`` section
+(``--section``) of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,22 +19,24 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_section  # noqa: E402
 
 
-def build_runs(root: Path) -> dict[str, Path]:
-    """A tiny dataset and one step of each model, so the converter has real checkpoints."""
+def build_runs(root: Path, *, preset: str = "tiny", device: str = "cpu", data: Path | None = None,
+               samples: int = 24) -> dict[str, Path]:
+    """One optimizer step of each converting model (``preset``) on a small synthetic dataset
+    (made in ``root`` unless ``data`` is given), so the converter has real checkpoints."""
     from cad3d.data.synth import create_synthetic_training_data
     from cad3d.training.engine import train_model
 
-    data = root / "data"
-    create_synthetic_training_data(data, 24, num_points=512, workers=2, progress=False)
+    if data is None:
+        data = root / "data"
+        create_synthetic_training_data(data, samples, num_points=512, workers=2, progress=False)
     onnx = root / "models" / "cad3d_depth_256.onnx"
-    common = dict(preset="tiny", epochs=1, max_steps=1, progress=False, device="cpu")
+    common = dict(preset=preset, epochs=1, max_steps=1, progress=False, device=device, batch_size=2)
     train_model("vit", data, out_dir=root / "vit", **common)
     train_model("diffusion", data, out_dir=root / "diffusion", **common)
     train_model("depth", data, out_dir=root / "depth", task_overrides={"onnx_path": str(onnx)}, **common)
@@ -41,14 +45,17 @@ def build_runs(root: Path) -> dict[str, Path]:
             "depth": onnx, "images": images}
 
 
-def time_path(converter, method: str, drawings: list, batch: int, points: int) -> float:
-    """Best seconds per drawing over 2 rounds (after one warm-up call)."""
+def time_path(converter, method: str, drawings: list, batch: int, points: int, steps: int = 20, rounds: int = 2,
+              guidance: float | None = None) -> float:
+    """Best seconds per drawing over ``rounds`` rounds (after one warm-up call); diffusion
+    samples with ``steps`` DDIM steps at ``guidance`` (None: the model's)."""
     chunk = (drawings * (batch // len(drawings) + 1))[:batch]
-    converter.convert_batch(chunk[:1], method, num_points=points, steps=20)
+    kw = dict(num_points=points, steps=steps, guidance=guidance)
+    converter.convert_batch(chunk[:1], method, **kw)
     best = float("inf")
-    for _ in range(2):
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        converter.convert_batch(chunk, method, num_points=points, steps=20)
+        converter.convert_batch(chunk, method, **kw)
         best = min(best, (time.perf_counter() - t0) / batch)
     return best
 
@@ -56,6 +63,13 @@ def time_path(converter, method: str, drawings: list, batch: int, points: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=2048)
+    parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--methods", nargs="+", default=None, help="paths to time (default all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--steps", type=int, default=20, help="diffusion DDIM steps")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[None], help="diffusion guidance scales")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
+    parser.add_argument("--section", default="convert", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     from cad3d.conversion.drawing import read_drawing
@@ -64,25 +78,27 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = build_runs(Path(tmp))
+        runs = build_runs(Path(tmp), preset=args.preset)
         drawings = [read_drawing(p) for p in runs["images"][:8]]
         for device in devices:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 conv = HybridCAD3DConverter(device, vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
                                             depth_model_path=runs["depth"], enable_learning=False)
-            for method in METHODS:
-                b1 = time_path(conv, method, drawings, 1, args.points)
-                b32 = time_path(conv, method, drawings, 32, args.points)
-                rows.append((device, method, b1, b32))
-                print(f"{device} {method:<10} batch 1: {b1 * 1000:8.1f} ms/drawing   batch 32: {b32 * 1000:8.1f} ms/drawing")
+            for method in args.methods or METHODS:
+                for g in args.guidance if method == "diffusion" else [None]:
+                    times = [time_path(conv, method, drawings, b, args.points, steps=args.steps, rounds=args.rounds, guidance=g) for b in args.batches]
+                    label = method if g is None else f"{method} (guidance {g:g})"
+                    rows.append((device, label, times))
+                    print(f"{device} {label:<24} " + "  ".join(f"batch {b}: {t * 1000:9.1f} ms/drawing" for b, t in zip(args.batches, times)), flush=True)
     md = ["## Conversion latency (`benchmarks/bench_convert.py`)", "", f"Machine: {machine_info()}", "",
-          f"`HybridCAD3DConverter.convert_batch`, {args.points} points per cloud, tiny presets, diffusion DDIM 20 "
-          "steps; best of 2 rounds after a warm-up. Milliseconds per drawing:", "",
-          "| device | path | batch 1 | batch 32 | batch-32 speed-up |", "|---|---|---|---|---|"]
-    md += [f"| {d} | {m} | {a * 1000:.1f} | {b * 1000:.1f} | {a / b:.1f}x |" for d, m, a, b in rows]
+          f"`HybridCAD3DConverter.convert_batch`, {args.points} points per cloud, {args.preset} presets, diffusion DDIM "
+          f"{args.steps} steps; best of {args.rounds} round(s) after a warm-up. Milliseconds per drawing:", "",
+          "| device | path | " + " | ".join(f"batch {b}" for b in args.batches) + " | batch speed-up |",
+          "|---|---|" + "---|" * (len(args.batches) + 1)]
+    md += [f"| {d} | {m} | " + " | ".join(f"{t * 1000:.1f}" for t in ts) + f" | {ts[0] / ts[-1]:.1f}x |" for d, m, ts in rows]
     if not args.no_write:
-        write_section("convert", "\n".join(md))
+        write_section(args.section, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, sync, task_train_rate, write_section  # noqa: E402
+from _common import machine_info, task_train_rate, write_section  # noqa: E402
 
 from cad3d.training.tasks.vae import VAETask  # noqa: E402
 

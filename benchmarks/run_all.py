@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["data", "ops", "checkpoint", "vae", "vit", "diffusion", "depth", "convert", "app"]
+SCRIPTS = ["data", "ops", "checkpoint", "checkpoint_size", "vae", "vit", "diffusion", "depth", "convert", "app"]
 
 
 def main() -> int:

@@ -3,7 +3,6 @@ with good and bad inputs, and continuous learning (learn -> save -> reload)."""
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 

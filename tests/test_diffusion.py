@@ -275,7 +275,12 @@ def test_checkpoints_report_and_bit_exact_resume(tiny_dataset, tmp_path):
     # Loading: seed-000 keys, weights, buffer and the same samples.
     fresh = DiffusionTrainer(model=create_diffusion_model(num_points=64, preset="tiny"), device="cpu", progress=False)
     payload = fresh.load_checkpoint(out / "diffusion_last.pth")
-    assert SEED_000_KEYS <= set(payload) and "replay_buffer" in payload and "model_config" in payload
+    assert SEED_000_KEYS <= set(payload) and "model_config" in payload
+    # The buffer is stored once per run, grey, in the run-state file the checkpoints refer to.
+    assert "replay_buffer" not in payload and payload["cad3d_run_state"]["global_step"] == 8
+    assert [p.name for p in out.glob("*.state")] == ["diffusion_replay_step_8.state"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.state")) == ["diffusion_replay_step_8.state"]
+    assert torch.load(out / "diffusion_replay_step_8.state", weights_only=True)["replay_buffer"]["images"].shape[1] == 1
     assert fresh.model.config == straight.model.config and fresh.epoch == 2 and fresh.global_step == 8
     assert fresh.loss_history == straight.loss_history and fresh.best_loss == min(straight.loss_history)
     assert len(fresh.replay_buffer) == 6

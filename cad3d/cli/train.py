@@ -40,6 +40,7 @@ _ENGINE_FLAGS = {
     "num_workers": "num_workers",
     "keep_last": "keep_last",
     "max_steps": "max_steps",
+    "ema_decay": "ema_decay",
 }
 
 
@@ -72,6 +73,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-workers", type=non_negative_int)
     p.add_argument("--keep-last", type=non_negative_int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (resumable)")
+    p.add_argument("--ema-decay", type=float, metavar="D",
+                   help="keep an EMA of the weights with decay D (0 = none; default: the preset's, 0.999 for diffusion full)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--vit-encoder", metavar="VIT_CHECKPOINT",
                    help="diffusion only: the hybrid, the trained ViT of this checkpoint encodes the drawings (its patch "

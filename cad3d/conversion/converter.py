@@ -112,6 +112,7 @@ class HybridCAD3DConverter:
 
         self.diffusion = None
         self._diffusion_payload: Optional[dict] = None  # what `save` publishes
+        self._diffusion_path: Optional[Path] = None
         diff_path = _existing(diffusion_model_path)
         if diffusion_model_path is not None and diff_path is None:
             warnings.warn(f"{diffusion_model_path}: diffusion checkpoint not found; "
@@ -122,7 +123,7 @@ class HybridCAD3DConverter:
         if diff_path is not None:
             trained = load_trained(diff_path, kind="diffusion")
             self.diffusion = trained.model.to(self.device)
-            self._diffusion_payload = trained.payload
+            self._diffusion_payload, self._diffusion_path = trained.payload, diff_path
             self.weights["diffusion"], self.trained["diffusion"] = str(diff_path), True
             self._record_score("diffusion", trained.metadata)
         elif enable_learning:
@@ -272,8 +273,12 @@ class HybridCAD3DConverter:
             from cad3d.training.trainers import DiffusionTrainer
 
             self._learner = DiffusionTrainer(model=self.diffusion, device=str(self.device), progress=False)
-            if (self._diffusion_payload or {}).get("replay_buffer") is not None:
-                self._learner.replay_buffer.load_state_dict(self._diffusion_payload["replay_buffer"])
+            if self._diffusion_payload is not None:
+                from cad3d.training.tasks.diffusion import DiffusionTask
+
+                replay = DiffusionTask.replay_state(self._diffusion_path, self._diffusion_payload)
+                if replay is not None:
+                    self._learner.replay_buffer.load_state_dict(replay)
         return self._learner
 
     @property
@@ -306,7 +311,10 @@ class HybridCAD3DConverter:
                                           offer_to_replay=False, out_dir=tmp, batch_size=1, lr=lr,
                                           handle_signals=False, progress=False, keep_last=1)
             # The engine's own checkpoint of the fine-tuned model is what `save` publishes.
-            self._diffusion_payload = load_checkpoint(Path(tmp) / DiffusionTask.schema.last_file)
+            payload = load_checkpoint(Path(tmp) / DiffusionTask.schema.last_file)
+            # The buffer travels inside the published file (its run-state file stays in tmp).
+            payload.pop("cad3d_run_state", None)
+            self._diffusion_payload = {**payload, "replay_buffer": learner.replay_buffer.state_dict()}
         self.diffusion = learner.model.eval()
         self.trained["diffusion"] = True
         self.weights["diffusion"] = "continuous learning"
@@ -325,7 +333,8 @@ class HybridCAD3DConverter:
 
         path = Path(path) if path is not None else self.learning_path
         schema = dataclasses.replace(DiffusionTask.schema, last_file=path.name, best_file=None)
-        payload = self._diffusion_payload
+        payload = {k: v for k, v in self._diffusion_payload.items() if k != "cad3d_run_state"}
+        payload["replay_buffer"] = self.replay_buffer.state_dict()  # carried inside this one file
         meta = payload.get("cad3d_meta") or {}
         saved = CheckpointManager(path.parent, schema).save_last(
             payload, epoch=int(meta.get("epoch") or 0), global_step=int(meta.get("global_step") or 0),

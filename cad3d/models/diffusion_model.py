@@ -178,7 +178,9 @@ class Diffusion3DModel(nn.Module):
         tokens = torch.cat([feats.tokens, feats.tokens]) if feats.tokens is not None else None
         drop = torch.cat([torch.zeros(B, dtype=torch.bool, device=x.device), torch.ones(B, dtype=torch.bool, device=x.device)])
         both = None if projection is None else tuple(torch.cat([p, p]) for p in projection)
-        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop, both)  # (2B, N, 3)
+        geometry = self.unet.geometry(x, repeat=2)  # both passes see the same points: find neighbourhoods once
+        eps = self.unet(torch.cat([x, x]), tt.repeat(2), torch.cat([feats.vector, feats.vector]), tokens, drop, both,
+                        geometry)  # (2B, N, 3)
         return guided_eps(eps[:B], eps[B:], guidance)
 
     @torch.no_grad()
@@ -206,9 +208,10 @@ class Diffusion3DModel(nn.Module):
         means all T), ``guidance`` (default ``config.guidance_scale``), ``sampler`` "ddim" (eta=0:
         deterministic given x_T) or "ddpm" (ancestral). Randomness: ``generator``, else a CPU
         generator seeded with ``seed`` (default 0) — the same seed gives the same clouds.
-        ``x_T`` (B, N, 3) starts from given noise. ``condition=False`` samples with the null
-        condition (the unconditional model). ``cams``/``views``: the drawings' cameras (default
-        iso). ``init`` (B, N, 3) with ``strength`` in (0, 1]: refine a given cloud instead of
+        ``x_T`` (B * R, N, 3) starts from given noise: R clouds per drawing (rows b * R .. b * R + R - 1
+        belong to drawing b; the drawings are encoded once). ``condition=False`` samples with the
+        null condition (the unconditional model). ``cams``/``views``: the drawings' cameras (default
+        iso). ``init`` (B * R, N, 3) with ``strength`` in (0, 1]: refine a given cloud instead of
         starting from pure noise — it is noised to timestep ``strength * T`` (with ``x_T`` as the
         noise) and denoised from there with ``steps * strength`` steps (SDEdit)."""
         cfg = self.config
@@ -225,14 +228,22 @@ class Diffusion3DModel(nn.Module):
             B = images.shape[0]
             n = num_points or cfg.num_points
             x = x_T.float().to(dev) if x_T is not None else torch.randn((B, n, 3), generator=generator, device=generator.device).to(dev)
+            if x.shape[0] % B:
+                raise ValueError(f"x_T holds {x.shape[0]} clouds: not a multiple of the {B} drawings")
             feats = self.image_encoder(images)
             projection = _projection(feats, cams, views)
+            if x.shape[0] != B:  # R clouds per drawing share its features and cameras
+                r = x.shape[0] // B
+                feats = ImageFeatures(feats.vector.repeat_interleave(r, 0),
+                                      None if feats.tokens is None else feats.tokens.repeat_interleave(r, 0),
+                                      None if feats.fmap is None else feats.fmap.repeat_interleave(r, 0))
+                projection = None if projection is None else tuple(p.repeat_interleave(r, 0) for p in projection)
             smp = make_sampler(sampler or cfg.sampler, self.schedule, eta=eta, clip_x0=cfg.clip_x0)
             smp.set_timesteps(steps)
             if init is not None and strength < 1.0:
                 t_start = max(int(round(strength * (cfg.schedule.timesteps - 1))), 0)
                 smp.timesteps = spaced_timesteps(t_start + 1, max(1, min(t_start + 1, round(steps * strength))))
-                x = self.schedule.add_noise(init.float().to(dev), x, torch.full((B,), t_start, device=dev))  # (B, N, 3)
+                x = self.schedule.add_noise(init.float().to(dev), x, torch.full((x.shape[0],), t_start, device=dev))  # (B*R, N, 3)
             for t, t_prev in smp.pairs():
                 eps = self.predict_noise(x, t, feats, guidance, projection)  # (B, N, 3)
                 x = smp.step(eps, t, t_prev, x, generator=generator)

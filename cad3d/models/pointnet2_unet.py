@@ -14,7 +14,9 @@ image vector (and a learned null token); ``drop=None`` keeps every condition.
 
 All ops are batched (B, N, C) channel-last tensors; the only Python loops run over levels (and
 over the picks inside `farthest_point_sample`). Neighbourhoods are found under no_grad by
-`cad3d.geometry.ops` (the one geometry module).
+`cad3d.geometry.ops` (the one geometry module); they depend on the points alone, so passes over
+the same points share them (`PointNet2UNet.geometry`). They cannot be kept across sampling
+steps: the points move at every step.
 """
 
 from __future__ import annotations
@@ -151,23 +153,29 @@ class SetAbstraction(nn.Module):
         self.k, self.radius, self.grouping = num_neighbors, radius, grouping
         self.mlp = FiLMMLP(in_dim + 3, width, emb_dim)
 
-    def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int, emb: torch.Tensor):
-        """xyz (B, N, 3), feats (B, N, C), emb (B, E) -> centres (B, S, 3), features (B, S, width)."""
-        with torch.no_grad():
-            xyz_f = xyz.float()
-            centre_idx = farthest_point_sample(xyz_f, num_centres)  # (B, S)
-            centres = group_points(xyz_f, centre_idx)  # (B, S, 3)
-            k = min(self.k, xyz.shape[1])
-            if self.grouping == "ball":
-                idx = ball_query(centres, xyz_f, self.radius, k)  # (B, S, K)
-            else:
-                idx = knn(centres, xyz_f, k)[1]  # (B, S, K)
-        rel = group_points(xyz, idx) - centres.to(xyz.dtype).unsqueeze(2)  # (B, S, K, 3)
+    @torch.no_grad()
+    def neighbourhood(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """xyz (B, N, 3) -> FPS centre indices (B, S) and their neighbours' indices (B, S, K)."""
+        xyz_f = xyz.float()
+        centre_idx = farthest_point_sample(xyz_f, num_centres)  # (B, S)
+        centres = group_points(xyz_f, centre_idx)  # (B, S, 3)
+        k = min(self.k, xyz.shape[1])
+        if self.grouping == "ball":
+            return centre_idx, ball_query(centres, xyz_f, self.radius, k)  # (B, S, K)
+        return centre_idx, knn(centres, xyz_f, k)[1]  # (B, S, K)
+
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int, emb: torch.Tensor,
+                hood: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        """xyz (B, N, 3), feats (B, N, C), emb (B, E) -> centres (B, S, 3), features (B, S, width).
+        ``hood``: this level's `neighbourhood` of xyz, when already found."""
+        centre_idx, idx = hood if hood is not None else self.neighbourhood(xyz, num_centres)
+        centres = group_points(xyz, centre_idx)  # (B, S, 3)
+        rel = group_points(xyz, idx) - centres.unsqueeze(2)  # (B, S, K, 3)
         if self.grouping == "ball":
             rel = rel / self.radius
         grouped = torch.cat([rel.to(feats.dtype), group_points(feats, idx)], dim=-1)  # (B, S, K, 3+C)
         h = self.mlp(grouped, emb)  # (B, S, K, W)
-        return centres.to(xyz.dtype), h.amax(dim=2)  # (B, S, 3), (B, S, W)
+        return centres, h.amax(dim=2)  # (B, S, 3), (B, S, W)
 
 
 class FeaturePropagation(nn.Module):
@@ -178,14 +186,19 @@ class FeaturePropagation(nn.Module):
         super().__init__()
         self.mlp = FiLMMLP(coarse_dim + skip_dim, width, emb_dim)
 
-    def forward(self, fine_xyz, coarse_xyz, coarse_feats, skip_feats, emb):
+    @staticmethod
+    @torch.no_grad()
+    def weights(fine_xyz: torch.Tensor, coarse_xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (B, N, k) of the k <= 3 nearest coarse points of each fine point, and their
+        normalized inverse squared distances (B, N, k)."""
+        sq, idx = knn(fine_xyz.float(), coarse_xyz.float(), min(3, coarse_xyz.shape[1]))  # (B, N, k)
+        w = 1.0 / (sq + 1e-8)
+        return idx, w / w.sum(dim=-1, keepdim=True)
+
+    def forward(self, fine_xyz, coarse_xyz, coarse_feats, skip_feats, emb, interp_weights=None):
         """fine_xyz (B, N, 3), coarse_xyz (B, S, 3), coarse_feats (B, S, C), skip_feats (B, N, C_s)
-        -> (B, N, width)."""
-        k = min(3, coarse_xyz.shape[1])
-        with torch.no_grad():
-            sq, idx = knn(fine_xyz.float(), coarse_xyz.float(), k)  # (B, N, k)
-            w = 1.0 / (sq + 1e-8)
-            w = w / w.sum(dim=-1, keepdim=True)  # (B, N, k)
+        -> (B, N, width). ``interp_weights``: `weights` of these points, when already found."""
+        idx, w = interp_weights if interp_weights is not None else self.weights(fine_xyz, coarse_xyz)
         interp = (group_points(coarse_feats, idx) * w.unsqueeze(-1).to(coarse_feats.dtype)).sum(dim=2)  # (B, N, C)
         return self.mlp(torch.cat([interp, skip_feats], dim=-1), emb)
 
@@ -261,11 +274,13 @@ class PointNet2UNet(nn.Module):
         tokens: Optional[torch.Tensor] = None,
         drop: Optional[torch.Tensor] = None,
         projection: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+        geometry: Optional[list] = None,
     ) -> torch.Tensor:
         """x (B, N, 3) noisy points, t (B,) timesteps, cond (B, cond_dim) global image vector,
         tokens (B, T, token_dim) or None, drop (B,) bool or None, projection (fmap (B, proj_dim,
         h, w), cams (B, V, 2, 4), views (B, V) bool; see `project_features`) when ``proj_dim`` > 0
-        -> predicted noise (B, N, 3)."""
+        -> predicted noise (B, N, 3). ``geometry``: `geometry` of x when already found (e.g.
+        shared by guided passes)."""
         cfg = self.config
         cond, tokens = self.condition(cond, tokens, drop)
         if self.img_in is not None and projection is None:
@@ -284,10 +299,11 @@ class PointNet2UNet(nn.Module):
         if self.attn and tokens is None:
             raise ValueError("this U-Net cross-attends to image tokens: pass tokens (B, T, token_dim)")
         sizes = cfg.level_sizes(x.shape[1])
+        geo = geometry if geometry is not None else [None] * (2 * len(self.down))
         xyz = [x]  # level i coordinates (B, N_i, 3)
         feats = [with_image(x, F.silu(self.in_proj(x)))]  # level i features (B, N_i, C_i)
         for i, sa in enumerate(self.down):
-            c, f = sa(xyz[-1], feats[-1], sizes[i + 1], emb)
+            c, f = sa(xyz[-1], feats[-1], sizes[i + 1], emb, geo[i])
             f = with_image(c, f)
             if str(i) in self.attn:
                 f = self.attn[str(i)](f, tokens)
@@ -297,8 +313,23 @@ class PointNet2UNet(nn.Module):
         L = len(self.down)
         for j, fp in enumerate(self.up):
             i = L - 1 - j  # to level i from level i+1
-            h = with_image(xyz[i], fp(xyz[i], xyz[i + 1], h, feats[i], emb))  # (B, N_i, fp_widths[i])
+            h = with_image(xyz[i], fp(xyz[i], xyz[i + 1], h, feats[i], emb, geo[L + i]))  # (B, N_i, fp_widths[i])
         return self.head(h)  # (B, N, 3)
+
+    @torch.no_grad()
+    def geometry(self, x: torch.Tensor, repeat: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every neighbourhood the forward pass of points x (B, N, 3) uses — a function of the
+        points alone: per SA level (centre indices, neighbour indices), then per FP level
+        (indices, interpolation weights) — each repeated ``repeat`` times along the batch (for a
+        batch that holds the same points several times, e.g. guided sampling's two passes)."""
+        sizes = self.config.level_sizes(x.shape[1])
+        xyz, out = [x], []
+        for i, sa in enumerate(self.down):
+            hood = sa.neighbourhood(xyz[-1], sizes[i + 1])
+            out.append(hood)
+            xyz.append(group_points(xyz[-1], hood[0]))
+        out += [FeaturePropagation.weights(xyz[i], xyz[i + 1]) for i in range(len(self.down))]
+        return [tuple(t.repeat(repeat, *([1] * (t.dim() - 1))) for t in pair) for pair in out]
 
 
 __all__ = [

@@ -53,6 +53,7 @@ from cad3d.training.checkpoint_io import (
     write_manifest,
     zip_crc_ok,
 )
+from cad3d.training.run_files import RUN_STATE_KIND, prune_run_states, run_state_files
 from cad3d.training.tasks.base import CheckpointSchema
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,10 @@ class CheckpointManager:
         payload[META_KEY] = plain(payload[META_KEY])
         return self._write(name, payload)
 
+    def entry(self, name: str) -> Mapping[str, Any] | None:
+        """The manifest entry of ``name`` (None when not listed)."""
+        return self._manifest["files"].get(name)
+
     def remove(self, name: str) -> None:
         """Delete a file of this folder, then its manifest entry."""
         self._delete(name)
@@ -284,6 +289,7 @@ class CheckpointManager:
                 self._write_manifest()
         if self.keep_last is not None:
             self.prune(self.keep_last)
+        prune_run_states(self, payload)
         return written
 
     def save_last(self, payload: dict, *, epoch: int, global_step: int, metrics: Mapping[str, float] | None = None) -> Path | None:
@@ -298,7 +304,9 @@ class CheckpointManager:
             "metrics": dict(metrics) if metrics is not None else None,
             "epoch_complete": complete,
         }
-        return self._write(self.schema.last_file, self._payload_for(payload, "last", **fields))
+        path = self._write(self.schema.last_file, self._payload_for(payload, "last", **fields))
+        prune_run_states(self, payload)
+        return path
 
     def save_final(self, payload: dict) -> Path | None:
         """Write ``schema.final_file`` (e.g. ViT ``final_model.pth``), if the schema has one."""
@@ -368,7 +376,8 @@ class CheckpointManager:
         if not self.is_writer:
             return []
         removed = []
-        for path in self.existing_files():
+        run_states = run_state_files(self.directory, self.schema.run_state_file) if self.schema.run_state_file else []
+        for path in self.existing_files() + run_states:
             logger.info("removing %s (overwrite)", path)
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -379,7 +388,7 @@ class CheckpointManager:
                 path.unlink(missing_ok=True)
                 removed.append(path)
         files = self._manifest["files"]
-        stale = [name for name in files if self._is_schema_file(name)]
+        stale = [name for name in files if self._is_schema_file(name) or name in {p.name for p in run_states}]
         changed = bool(stale) or "best" in self._manifest
         for name in stale:
             files.pop(name)
@@ -471,9 +480,12 @@ def _resolved(entry: Mapping[str, Any]) -> dict:
 
 
 def iter_checkpoint_files(directory) -> Iterable[Path]:
-    """Files in a folder that look like checkpoints (by suffix or manifest listing), sorted."""
+    """Files in a folder that look like checkpoints (by suffix or manifest listing; not run-state
+    files), sorted."""
     directory = Path(directory)
-    listed = set(read_manifest(directory)["files"])
+    entries = read_manifest(directory)["files"]
+    run_states = {name for name, e in entries.items() if e.get("kind") == RUN_STATE_KIND}
+    listed = set(entries) - run_states
     for p in sorted(directory.iterdir()):
-        if p.is_file() and not is_temp_file(p.name) and (p.suffix in CHECKPOINT_SUFFIXES or p.name in listed):
+        if p.is_file() and not is_temp_file(p.name) and p.name not in run_states and (p.suffix in CHECKPOINT_SUFFIXES or p.name in listed):
             yield p

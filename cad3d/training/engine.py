@@ -5,7 +5,8 @@
 
 The engine owns epochs and steps, the optimizer and LR schedule, clipping, autocast, compile,
 seeding, progress bars (rank 0), JSON logs, TensorBoard, checkpoints (`CheckpointManager`),
-resume, SIGTERM/SIGINT and DDP under torchrun. Invariants: a task's randomness comes only from
+resume, SIGTERM/SIGINT, DDP under torchrun and an EMA of the weights (``ema_decay``; validation
+then scores the EMA weights). Invariants: a task's randomness comes only from
 ``StepContext.generator``; the data order is a function of (seed, epoch); every state that
 decides the next step is in the checkpoint, so an interrupted-and-resumed CPU run ends
 bit-identical to an uninterrupted one. A signal saves ``last`` after the current step and `fit`
@@ -34,6 +35,7 @@ from cad3d.devices import resolve_device
 from cad3d.io import atomic_write_json
 from cad3d.training import distributed as D
 from cad3d.training.checkpoint import CheckpointManager
+from cad3d.training.ema import ema_weights, make_ema
 from cad3d.training.rng import loader_seed, seed_everything, seed_worker
 from cad3d.training.sampler import ResumableSampler
 from cad3d.training.engine_config import PRECISIONS, EngineConfig, TrainingConfigError, TrainingInterrupted
@@ -41,7 +43,6 @@ from cad3d.training.run_state import EpochSums, Progress, make_grad_scaler, rest
 from cad3d.training.tasks.base import StepContext, TrainTask
 
 logger = logging.getLogger(__name__)
-
 
 
 class Engine:
@@ -87,6 +88,7 @@ class Engine:
         if unknown:
             raise TrainingConfigError(f"task {task.name!r} builds modules {sorted(unknown)} that schema.module_keys does not name")
         self.optimizer = task.configure_optimizer(self.modules, cfg.lr, cfg.weight_decay)
+        self.ema = make_ema(self.modules, cfg.ema_decay)  # of the plain modules (never DDP/compiled)
 
         self.sampler = ResumableSampler(len(self.train_dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=cfg.shuffle)
         per_rank = self.sampler.num_samples
@@ -276,6 +278,8 @@ class Engine:
             nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.modules)
         with warnings.catch_warnings():  # fp16: a step skipped for inf grads still counts
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
@@ -364,7 +368,8 @@ class Engine:
 
     @torch.no_grad()
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Sample-weighted means of the task's validation metrics over all ranks."""
+        """Sample-weighted means of the task's validation metrics over all ranks (of the EMA
+        weights when the run keeps an EMA)."""
         if self.val_loader is None:
             return {}
         cfg, task = self.config, self.task
@@ -376,15 +381,16 @@ class Engine:
         dtype = PRECISIONS[cfg.precision]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # a metric may be measured on some batches only
-        for batch in self.val_loader:
-            batch = task.to_device(batch, self.device)
-            ctx = StepContext(epoch, 0, self.device, generator, cfg.precision, self.dist.world_size, self.dist.rank)
-            with torch.amp.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                values = task.validation_step(self.modules, batch, ctx)
-            n = task.batch_size_of(batch)
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-                counts[k] = counts.get(k, 0) + n
+        with ema_weights(self.ema, self.modules):
+            for batch in self.val_loader:
+                batch = task.to_device(batch, self.device)
+                ctx = StepContext(epoch, 0, self.device, generator, cfg.precision, self.dist.world_size, self.dist.rank)
+                with torch.amp.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    values = task.validation_step(self.modules, batch, ctx)
+                n = task.batch_size_of(batch)
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                    counts[k] = counts.get(k, 0) + n
         for m in self.modules.values():
             m.train()
         names = sorted(sums)
@@ -433,6 +439,7 @@ class Engine:
                 "warmup_steps": cfg.warmup_steps,
                 "seed": cfg.seed,
                 "world_size": self.dist.world_size,
+                "ema_decay": cfg.ema_decay or None,
             },
             "monitor": task.schema.monitor,
             "completed": completed,

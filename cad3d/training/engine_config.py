@@ -54,6 +54,8 @@ class EngineConfig:
     ``out_dir``'s checkpoints, epoch log and report of this model. ``keep_last`` None keeps every
     epoch file.
     ``max_steps`` stops after that many optimizer steps in total (see the module doc).
+    ``ema_decay`` keeps an exponential moving average of the weights (`cad3d.training.ema`;
+    None or 0: none), saved in every checkpoint under ``ema_state`` and used for validation.
     """
 
     epochs: int = 10
@@ -80,6 +82,7 @@ class EngineConfig:
     drop_last: bool = False
     progress: bool = True  # tqdm bars (rank 0 only)
     handle_signals: bool = True  # SIGTERM/SIGINT save `last` (main thread only)
+    ema_decay: Optional[float] = None  # e.g. 0.999; None or 0 = no EMA
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -97,6 +100,7 @@ class EngineConfig:
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(not (self.overwrite and self.resume), f"overwrite (start fresh) contradicts resume={self.resume!r}")
 
     def to_dict(self) -> dict:

@@ -13,6 +13,7 @@ import torch
 from cad3d.errors import CheckpointError
 from cad3d.training.checkpoint import iter_checkpoint_files
 from cad3d.training.checkpoint_io import (
+    EMA_KEY,
     accepted_hashes,
     _check_structure,
     _load_mmap,
@@ -23,6 +24,30 @@ from cad3d.training.checkpoint_io import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensor data inside ``value`` (tensors in dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def weight_bytes(payload: Mapping[str, Any], schema) -> dict[str, int]:
+    """Tensor bytes of a checkpoint's weights (``schema.module_keys``), optimizer state and EMA
+    weights, and their ``total``: what a checkpoint file should not much exceed."""
+    out = {
+        "weights": sum(tensor_bytes(payload.get(key)) for key in schema.module_keys.values()),
+        "optimizer": tensor_bytes(payload.get(schema.optimizer_key)),
+        "ema": tensor_bytes(payload.get(EMA_KEY)),
+    }
+    out["total"] = sum(out.values())
+    return out
+
 
 def summarize_value(value: Any) -> Any:
     """A JSON-able description of a payload value: tensors as shape/dtype, state dicts as

@@ -12,8 +12,9 @@ class ReplayBuffer:
     probability ``capacity / seen`` (Vitter's algorithm R), so the buffer is a uniform sample of
     everything trained on, old data included — the memory for continual learning.
 
-    Images are stored as uint8 (1/255 steps; drawings are [0, 1] grey values), clouds as float32,
-    on the CPU. All decisions come from the buffer's own CPU ``torch.Generator``; `state_dict`
+    Images are stored as one grey uint8 channel (1/255 steps; drawings are [0, 1] grey values
+    given as C equal channels; channels that differ are averaged) and given back with their C
+    channels; clouds as float32; all on the CPU. All decisions come from the buffer's own CPU ``torch.Generator``; `state_dict`
     (tensors only) holds it, so a restored buffer continues exactly.
     """
 
@@ -22,7 +23,8 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer capacity must be >= 0, got {capacity}")
         self.capacity = int(capacity)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.images: Optional[torch.Tensor] = None  # (capacity, C, H, W) uint8
+        self.images: Optional[torch.Tensor] = None  # (capacity, 1, H, W) uint8 grey
+        self.channels = 0  # C of the images offered (and sampled)
         self.points: Optional[torch.Tensor] = None  # (capacity, N, 3) float32
         self.size = 0
         self.seen = 0
@@ -34,13 +36,14 @@ class ReplayBuffer:
         """Offer a batch: images (B, C, H, W) in [0, 1], points (B, N, 3)."""
         if self.capacity == 0:
             return
-        B = images.shape[0]
+        B, C = images.shape[:2]
         if self.images is None:
-            self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
+            self.channels = int(C)
+            self.images = torch.zeros((self.capacity, 1, *images.shape[2:]), dtype=torch.uint8)
             self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
-        elif images.shape[1:] != self.images.shape[1:] or points.shape[1:] != self.points.shape[1:]:
+        elif (C, *images.shape[2:]) != (self.channels, *self.images.shape[2:]) or points.shape[1:] != self.points.shape[1:]:
             raise ValueError(
-                f"replay buffer holds images {tuple(self.images.shape[1:])} and clouds {tuple(self.points.shape[1:])}, "
+                f"replay buffer holds images {(self.channels, *self.images.shape[2:])} and clouds {tuple(self.points.shape[1:])}, "
                 f"got {tuple(images.shape[1:])} and {tuple(points.shape[1:])}"
             )
         # Slot of each offered sample: the next free one while filling, then a uniform draw in
@@ -58,16 +61,18 @@ class ReplayBuffer:
         if chosen:
             dst = torch.tensor(list(chosen.keys()))
             src = torch.tensor(list(chosen.values()))
-            self.images[dst] = (images.detach()[src.to(images.device)].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            self.images[dst] = _grey_uint8(images.detach()[src.to(images.device)])
             self.points[dst] = points.detach()[src.to(points.device)].float().cpu()
         self.size = min(self.capacity, self.seen)
 
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k pairs drawn uniformly with replacement: images (k, C, H, W) float32, points (k, N, 3)."""
+        """k pairs drawn uniformly with replacement: images (k, C, H, W) float32 (the grey channel
+        repeated), points (k, N, 3)."""
         if self.size == 0:
             raise ValueError("cannot sample an empty replay buffer")
         idx = torch.randint(0, self.size, (k,), generator=self.generator)
-        return self.images[idx].float() / 255.0, self.points[idx].clone()
+        grey = self.images[idx].float() / 255.0  # (k, 1, H, W)
+        return grey.expand(-1, self.channels, -1, -1), self.points[idx].clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only (weights_only loadable)."""
@@ -77,13 +82,15 @@ class ReplayBuffer:
             "size": torch.tensor(n),
             "seen": torch.tensor(self.seen),
             "generator": self.generator.get_state(),
+            "channels": torch.tensor(self.channels),
             "images": self.images[:n].clone() if self.images is not None else torch.zeros(0, dtype=torch.uint8),
             "points": self.points[:n].clone() if self.points is not None else torch.zeros(0),
         }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore a `state_dict`. A saved buffer larger than this capacity keeps its first
-        ``capacity`` pairs (a uniform sample of a uniform sample)."""
+        ``capacity`` pairs (a uniform sample of a uniform sample). Buffers saved before images
+        were kept grey (C uint8 channels) load as grey."""
         n = min(int(state["size"]), self.capacity)
         self.seen = int(state["seen"])
         self.generator.set_state(state["generator"])
@@ -93,7 +100,18 @@ class ReplayBuffer:
             self.size = 0
             return
         images, points = state["images"], state["points"]
-        self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8)
+        self.channels = int(state["channels"]) if "channels" in state else int(images.shape[1])
+        if images.shape[1] != 1:  # an older, colour-channel buffer
+            images = _grey_uint8(images[:n].float() / 255.0)
+        self.images = torch.zeros((self.capacity, 1, *images.shape[2:]), dtype=torch.uint8)
         self.points = torch.zeros((self.capacity, *points.shape[1:]), dtype=torch.float32)
         self.images[:n] = images[:n]
         self.points[:n] = points[:n].float()
+
+
+def _grey_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, 1, H, W) uint8 on the CPU: the first channel when all are
+    equal (a grey drawing, kept exactly), else their mean."""
+    x = images.float().clamp(0, 1)
+    grey = x[:, :1] if bool((x == x[:, :1]).all()) else x.mean(dim=1, keepdim=True)
+    return (grey * 255).round().to(torch.uint8).cpu()

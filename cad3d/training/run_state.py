@@ -14,8 +14,9 @@ import torch
 
 from cad3d.errors import CheckpointError
 from cad3d.training import distributed as D
-from cad3d.training.checkpoint_io import META_KEY, RESUME_KEY, build_metadata, load_checkpoint, load_state_dict_strict
+from cad3d.training.checkpoint_io import EMA_KEY, META_KEY, RESUME_KEY, RUN_STATE_KEY, build_metadata, load_checkpoint, load_state_dict_strict
 from cad3d.training.rng import capture_rng, restore_rng, seed_everything
+from cad3d.training.run_files import load_run_state, save_run_state
 
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,11 @@ def restore_run(self, path: Path, progress: Progress, sums: EpochSums) -> None:
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: optimizer/scheduler state ({schema.optimizer_key!r}, {schema.scheduler_key!r}) does not fit this run: {exc}") from None
     task.load_checkpoint_extras(payload)
+    run_state = load_run_state(path, payload, schema.run_state_file)
+    if run_state is not None:
+        task.load_run_state(run_state)
     state = payload.get(RESUME_KEY)
+    _restore_ema(self, path, payload, state)
     if state is None:  # a weights-and-optimizer file of another trainer: continue after it
         progress.epoch = int(payload.get(schema.epoch_key, 0)) + 1
         progress.global_step = int(payload.get(schema.step_key, 0) or 0)
@@ -133,6 +138,22 @@ def restore_run(self, path: Path, progress: Progress, sums: EpochSums) -> None:
         seed_everything(cfg.seed + progress.global_step + self.dist.rank)
         self.generator.manual_seed(cfg.seed + progress.global_step + self.dist.rank)
     logger.info("resumed from %s: epoch %d, batch %d, step %d", path, progress.epoch, progress.batch_in_epoch, progress.global_step)
+
+def _restore_ema(self, path: Path, payload: Mapping[str, Any], state: Optional[Mapping[str, Any]]) -> None:
+    """The EMA weights and update count of the checkpoint; a file without them starts the EMA
+    from the restored weights."""
+    if self.ema is None:
+        return
+    saved = payload.get(EMA_KEY)
+    if saved is None:
+        logger.warning("%s has no EMA weights: the EMA starts from its weights", path)
+        self.ema.load({role: m.state_dict() for role, m in self.modules.items()})
+        return
+    try:
+        self.ema.load(saved, (state or {}).get("ema"))
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: EMA weights ({EMA_KEY!r}) do not fit this run: {exc}") from None
+
 
 def _warn_if_epochs_changed(self, path: Path, payload: Mapping[str, Any], progress: Progress) -> None:
     """Resuming with another ``epochs`` than the checkpoint's run: say what that does."""
@@ -169,10 +190,17 @@ def run_payload(self, progress: Progress, sums: EpochSums, *, epoch: int, comple
     for name, module in self.modules.items():
         payload[schema.module_keys[name]] = module.state_dict()
     payload[schema.optimizer_key] = self.optimizer.state_dict()
+    if self.ema is not None:
+        payload[EMA_KEY] = self.ema.state_dicts()
     payload[schema.scheduler_key] = self.scheduler.state_dict()
     for key, source in schema.engine_keys.items():
         payload[key] = engine_values[source] if source in engine_values else metrics.get(source)
     payload.update(task.checkpoint_extras())
+    run_state = task.run_state() if schema.run_state_file else None
+    if run_state is not None:
+        ref = save_run_state(self.manager, task.name, run_state, progress.global_step)  # before the checkpoints
+        if ref is not None:
+            payload[RUN_STATE_KEY] = ref
     payload[META_KEY] = build_metadata(
         task=task.name,
         epoch=epoch,
@@ -196,6 +224,7 @@ def run_payload(self, progress: Progress, sums: EpochSums, *, epoch: int, comple
         "epoch_log": list(progress.epoch_log),
         "loss_history": list(progress.loss_history),
         "scaler": self.scaler.state_dict(),
+        "ema": self.ema.state() if self.ema is not None else None,
         "data": {
             "seed": cfg.seed,
             "epoch": progress.epoch,

@@ -146,8 +146,9 @@ class DiffusionTrainer:
         trained = load_trained(path, kind=DiffusionTask.name, map_location=map_location)
         payload = trained.payload
         self.model = trained.model.to(self._torch_device())
-        if payload.get("replay_buffer") is not None:
-            self.replay_buffer.load_state_dict(payload["replay_buffer"])
+        replay = DiffusionTask.replay_state(trained.path, payload)
+        if replay is not None:
+            self.replay_buffer.load_state_dict(replay)
         schema = DiffusionTask.schema
         self.epoch = int(payload.get(schema.epoch_key, 0))
         self.global_step = int(payload.get(schema.step_key, 0) or 0)

@@ -89,6 +89,9 @@ class CheckpointSchema:
     # mid-epoch). E.g. diffusion {"loss": "train_loss", "best_loss": "best_metric",
     # "loss_history": "loss_history"}.
     engine_keys: Mapping[str, str] = field(default_factory=dict)
+    # Name template with {step} of the run-state file (`TrainTask.run_state`, e.g. a replay
+    # buffer): kept once per run folder, not in every checkpoint (`cad3d.training.run_files`).
+    run_state_file: str | None = None
 
     def epoch_name(self, epoch: int) -> str:
         return self.epoch_file.format(epoch=epoch)
@@ -226,6 +229,15 @@ class TrainTask(abc.ABC):
 
     def load_checkpoint_extras(self, payload: Mapping[str, Any]) -> None:
         """Restore what ``checkpoint_extras`` saved."""
+
+    def run_state(self) -> Optional[dict[str, Any]]:
+        """Task state of the run that is too large for every checkpoint (e.g. a replay buffer;
+        tensors and plain values): saved once per run folder in ``schema.run_state_file`` and
+        put back by `load_run_state` on resume. None: nothing."""
+        return None
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``run_state`` saved."""
 
     def epoch_log_extras(self) -> dict[str, Any]:
         """Extra fields of this epoch's entry in the epoch log (e.g. ``kl_weight``)."""

@@ -8,7 +8,10 @@ epoch, for resume) and ``training_report.json`` (model "3D Diffusion Model", arc
 with U-Net + PointNet++", replay_buffer_size, hyperparameters with timesteps, num_points,
 learning_rate, ...). Checkpoint keys: epoch, global_step, image_encoder_state, unet_state,
 optimizer_state, scheduler_state, loss, best_loss, loss_history (reference layout), plus ``model_config``
-(plain dict), ``replay_buffer`` (tensors) and the engine's ``cad3d_meta``/``cad3d_resume``.
+(plain dict) and the engine's ``cad3d_meta``/``cad3d_resume``. The replay buffer (grey uint8
+drawings) is run state: one ``diffusion_replay_step_N.state`` file per run folder that the
+checkpoints refer to (`cad3d.training.run_files`), not a copy in every checkpoint; files of
+older versions and ``continuous_learning.pth`` carry it under ``replay_buffer``.
 
 Randomness of a step (timesteps, noise, condition dropout) comes from ``ctx.generator``; the
 replay buffer has its own CPU generator whose state is saved with it, so a resumed run is
@@ -129,6 +132,7 @@ class DiffusionTask(TrainTask):
         report_file="training_report.json",
         monitor="val_chamfer",  # sampled clouds against the truth: what conversion is judged by
         engine_keys={"loss": "train_loss", "best_loss": "best_metric", "loss_history": "loss_history"},
+        run_state_file="diffusion_replay_step_{step}.state",
     )
 
     def __init__(self, config: DiffusionTaskConfig | None = None, *, model: Diffusion3DModel | None = None,
@@ -169,8 +173,10 @@ class DiffusionTask(TrainTask):
     @classmethod
     def engine_presets(cls) -> dict[str, dict[str, Any]]:
         return {
-            "tiny": {"epochs": 4, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
-            "full": {"epochs": 200, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0, "warmup_steps": 1000, "precision": "bf16"},
+            # Sampling uses the EMA of the weights (`load_trained`); tiny runs are short, so a faster one.
+            "tiny": {"epochs": 4, "batch_size": 8, "lr": 1e-3, "device": "cpu", "ema_decay": 0.99},
+            "full": {"epochs": 200, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0, "warmup_steps": 1000, "precision": "bf16",
+                     "ema_decay": 0.999},
         }
 
     # -- data --------------------------------------------------------------------------
@@ -282,11 +288,29 @@ class DiffusionTask(TrainTask):
 
     # -- checkpoint / logs --------------------------------------------------------------
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"model_config": self.config.model.to_dict(), "replay_buffer": self.replay_buffer.state_dict()}
+        return {"model_config": self.config.model.to_dict()}
 
     def load_checkpoint_extras(self, payload: Mapping[str, Any]) -> None:
-        if payload.get("replay_buffer") is not None:
+        if payload.get("replay_buffer") is not None:  # a file that carries its own buffer
             self.replay_buffer.load_state_dict(payload["replay_buffer"])
+
+    def run_state(self) -> Optional[dict[str, Any]]:
+        return {"replay_buffer": self.replay_buffer.state_dict()} if self.replay_buffer.capacity else None
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("replay_buffer") is not None:
+            self.replay_buffer.load_state_dict(state["replay_buffer"])
+
+    @classmethod
+    def replay_state(cls, path: Path, payload: Mapping[str, Any]) -> Optional[dict]:
+        """The replay buffer state of the checkpoint ``payload`` read from ``path``: its own copy,
+        else the run-state file of its folder; None when there is none."""
+        from cad3d.training.run_files import load_run_state
+
+        if payload.get("replay_buffer") is not None:
+            return payload["replay_buffer"]
+        state = load_run_state(Path(path), payload, cls.schema.run_state_file)
+        return (state or {}).get("replay_buffer")
 
     def epoch_log_extras(self) -> dict[str, Any]:
         return {"replay_buffer_size": len(self.replay_buffer)}
