@@ -244,6 +244,9 @@ def _draw_layout(sheet: _Sheet, rec: dict, font) -> None:
             room = (mid - u0) - 4 * sheet.unit
             wide = sheet.draw.textlength(text, font=font)
             f = font if wide <= room else _font(int(font.size * room / wide))
+            while len(text) > 3 and sheet.draw.textlength(text, font=f) > room:  # the smallest font still overflows
+                text = text[:-1]
+            tb["texts"][k] = text  # recorded as drawn
             sheet.draw.text((u0 + c * (mid - u0) + 2 * sheet.unit, v0 + r * row_h + 0.2 * row_h), text, fill=0,
                             font=f)
 
