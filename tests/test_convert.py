@@ -288,3 +288,27 @@ def test_auto_takes_the_path_with_the_best_stored_validation_score(tmp_path):
     assert conv.resolve_method("auto") == "diffusion"
     conv.trained["diffusion"] = False  # untrained weights never win by a score
     assert conv.resolve_method("auto") == "vit"
+
+
+def test_a_clean_and_a_varied_drawing_of_one_part_convert_alike(tmp_path):
+    """The converter finds the part on a sheet (border, title block, dimensions, scan noise)
+    before its models see it; a drawing framed like the training data is left as it is."""
+    from cad3d.conversion.fallback import frame_part, geometric_fallback
+    from cad3d.data.dataset import index_dataset, load_drawing
+    from cad3d.data.synth import create_synthetic_training_data
+    from cad3d.evaluation.metrics import score_clouds
+
+    for style in ("clean", "varied"):
+        create_synthetic_training_data(tmp_path / style, 3, seed=5, style=style, image_size=256, num_points=256,
+                                       dense_points=0, layers=0, progress=False)
+    conv = HybridCAD3DConverter(device="cpu", enable_learning=False, models_dir=tmp_path / "none")
+    framed, raw = [], []
+    for rec in index_dataset(tmp_path / "clean"):
+        clean = load_drawing(rec.image, 256)
+        varied = load_drawing(tmp_path / "varied" / "images" / f"{rec.stem}.png", 256)
+        assert np.array_equal(frame_part(clean), clean)
+        a = conv.convert(clean, "geometric", num_points=1024).points
+        framed.append(score_clouds([a], [conv.convert(varied, "geometric", num_points=1024).points])[0]["chamfer_l2"])
+        # The varied sheet as drawn, without finding the part first:
+        raw.append(score_clouds([a], [geometric_fallback(varied, 1024, np.random.default_rng(0))])[0]["chamfer_l2"])
+    assert np.mean(framed) < 0.005 and np.mean(framed) < 0.5 * np.mean(raw), (framed, raw)

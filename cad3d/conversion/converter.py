@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cad3d.conversion.drawing import as_drawing
-from cad3d.conversion.fallback import drawing_cameras, geometric_fallback, normalize_cloud
+from cad3d.conversion.fallback import drawing_cameras, frame_part, geometric_fallback, normalize_cloud
 from cad3d.conversion.outputs import ConversionResult
 from cad3d.data.dataset import choose_points
 from cad3d.devices import resolve_device
@@ -187,7 +187,10 @@ class HybridCAD3DConverter:
         seed = self.seed if seed is None else int(seed)
         n_pts = num_points or self.num_points or self.native_points(chosen)
         sources = [str(d) if isinstance(d, (str, os.PathLike)) else None for d in drawings]
+        # Sheets keep their layout (their cameras say where each view is); a single view is framed
+        # like the training drawings (border, title block and notes left out).
         images = [as_drawing(d, 256) for d in drawings]
+        images = [img if len(drawing_cameras(img)) > 1 else frame_part(img) for img in images]
         rngs = [np.random.default_rng([seed, zlib.crc32(np.round(img * 255).astype(np.uint8).tobytes())])
                 for img in images]
         t0 = time.perf_counter()

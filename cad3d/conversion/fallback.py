@@ -8,7 +8,7 @@ import numpy as np
 
 from cad3d.conversion.drawing import silhouette_mask
 from cad3d.errors import ConversionError
-from cad3d.geometry.camera import EYE_DISTANCE, iso_camera, three_view_cameras
+from cad3d.geometry.camera import EYE_DISTANCE, iso_camera, sheet_cameras
 
 
 def is_three_view_sheet(image: np.ndarray) -> bool:
@@ -25,9 +25,33 @@ def is_three_view_sheet(image: np.ndarray) -> bool:
 
 
 def drawing_cameras(image: np.ndarray) -> list:
-    """The cameras a drawing was most likely made with: the three-view sheet's four, else iso."""
+    """The cameras a drawing was most likely made with: a clean three-view sheet's four (in the
+    standard its panels follow), a varied sheet's views wherever they sit, else one iso view."""
+    from cad3d.data.sheet import detect_projection, fit_sheet_cameras
+
     size = image.shape
-    return three_view_cameras(size) if is_three_view_sheet(image) else [iso_camera(size)]
+    if is_three_view_sheet(image):
+        return sheet_cameras(detect_projection(image), size)
+    return fit_sheet_cameras(image) or [iso_camera(size)]
+
+
+def frame_part(image: np.ndarray, *, clutter: float = 0.02, small: float = 0.6) -> np.ndarray:
+    """A single-view drawing as the models saw drawings in training: the part alone, centred,
+    filling the frame. Only sheets need it — a border, title block, dimensions or notes (more than
+    ``clutter`` of the ink outside the part), or a part drawn small (its longer side under
+    ``small`` of the image) — so a drawing framed like the training data is returned unchanged."""
+    from cad3d.data.sheet import crop_to_part, find_part, ink_mask
+
+    box = find_part(image)
+    if box is None:
+        return image
+    r0, c0, r1, c1 = box
+    ink = ink_mask(image)
+    outside = 1.0 - ink[r0:r1, c0:c1].sum() / max(int(ink.sum()), 1)
+    if outside <= clutter and max(r1 - r0, c1 - c0) >= small * max(image.shape):
+        return image
+    # The training drawings fit the part's bounding sphere with a 6% margin: its box fills ~0.7.
+    return crop_to_part(image, image.shape[0], fill=0.7)[0]
 
 
 def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator) -> np.ndarray:

@@ -16,13 +16,13 @@ from cad3d.evaluation.metrics import METRICS
 log = logging.getLogger(__name__)
 
 
-METRIC_TITLES = {"chamfer_l2": "Chamfer-L2 ↓", "fscore_1pct": "F@1% ↑", "fscore_2pct": "F@2% ↑"}
+METRIC_TITLES = {"chamfer_l2": "Chamfer-L2 ↓", "chamfer_l1": "Chamfer-L1 ↓", "fscore_1pct": "F@1% ↑", "fscore_2pct": "F@2% ↑"}
 
 
 def method_label(name: str, info: dict) -> str:
     """"vit (trained)", "geometric (no weights)", "retrieval (baseline)", "mean (baseline, medoid)", ..."""
     if info.get("kind") == "baseline":
-        return f"{name} (baseline, medoid)" if name == "mean" else f"{name} (baseline)"
+        return {"mean": "mean (baseline, medoid)", "oracle": "oracle (ceiling)"}.get(name, f"{name} (baseline)")
     if info.get("trained") is None:
         return f"{name} (no weights)"
     return f"{name} ({'trained' if info['trained'] else 'untrained'})"
@@ -42,17 +42,23 @@ def render_markdown(report: dict) -> str:
     ran = [m for m, info in methods.items() if info["status"] == "ok"]
     title = f"# cad3d eval: split `{report['split']}` of `{report['data']}`"
     lines = [title, ""]
-    lines.append(f"{report['num_samples']} drawings, {report['num_points']} points per cloud, device {report['device']}. "
-                 "Chamfer-L2 on normalized clouds (lower is better); F-score at 1% and 2% of the ground truth's "
-                 "bounding-box diagonal (higher is better); seconds per drawing.")
+    lines.append(f"{report['num_samples']} drawings, every method at {report['num_points']} points, scored against "
+                 f"a dense sample of the true surface; device {report['device']}. Chamfer-L2 (squared) and Chamfer-L1 on "
+                 "normalized clouds (lower is better); F-score at 1% and 2% of the ground truth's bounding-box "
+                 "diagonal (higher is better); x oracle: Chamfer-L2 and F@1% as multiples of the oracle row's (an "
+                 "independent perfect sample: the ceiling); repeated: share of duplicate points a method returned.")
     if report.get("held_out_families"):
         lines += ["", f"**Unseen families** (held out of training): {', '.join(report['held_out_families'])}."]
-    lines += ["", "| method | n | failed | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | s/drawing |",
-              "|---|---:|---:|" + "---:|" * len(METRICS) + "---:|"]
+    lines += ["", "| method | n | failed | " + " | ".join(METRIC_TITLES[m] for m in METRICS)
+              + " | CD-L2 x oracle | F@1% x oracle | repeated | s/drawing |",
+              "|---|---:|---:|" + "---:|" * len(METRICS) + "---:|---:|---:|---:|"]
     for m in ran:
         row = report["overall"].get(m, {"n": 0, "failed": 0})
+        frac = row.get("of_oracle") or {}
         cells = [method_label(m, methods[m]), str(row["n"]), str(row["failed"])]
-        cells += [_fmt(row.get(k)) for k in METRICS] + [_fmt(row.get("seconds_per_drawing"))]
+        cells += [_fmt(row.get(k)) for k in METRICS]
+        cells += [_fmt(frac.get("chamfer_l2"), 2), _fmt(frac.get("fscore_1pct"), 2), _fmt(row.get("repeated"), 3),
+                  _fmt(row.get("seconds_per_drawing"))]
         lines.append("| " + " | ".join(cells) + " |")
     bullets = [f"- {m}: {info['note']}" for m, info in methods.items() if info["status"] == "ok" and info.get("note")]
     bullets += [f"- {note}" for note in report.get("notes", [])]
