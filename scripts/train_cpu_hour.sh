@@ -38,3 +38,14 @@ common=(--device cpu --steps 20 --no-progress --depth-model "$ONNX" --runs train
 stamp "eval seen families"
 "$PY" -m cad3d eval --data "$UNSEEN" --split all --train-data "$DATA" --families "$HELD" -o outputs/eval_unseen "${common[@]}"
 stamp "eval unseen families"
+# Robustness tracks (60 unseen test parts each, scored with the same models): drawings as people
+# draw them (varied style), three-view sheets of each standard, and procedural parts.
+track() { "$PY" -m cad3d data synth --out "training_data/track_$1" --num-samples 60 --seed 2 --workers 2 --image-size 128 \
+            --num-points 8192 --no-progress "${@:2}"
+          "$PY" -m cad3d eval --data "training_data/track_$1" --split all --train-data "$DATA" -o "outputs/eval_$1" \
+            --examples 2 "${common[@]}"; stamp "track $1"; }
+track clean --families $SEEN
+track varied --families $SEEN --style varied
+track first_angle --families $SEEN --view three_view --projection first-angle
+track third_angle --families $SEEN --view three_view --projection third-angle
+track procedural --families procedural

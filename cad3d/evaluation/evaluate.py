@@ -241,6 +241,7 @@ def evaluate(
             bar.update(len(idx))
     bar.close()
 
+    method_info = {m: method_info[m] for m in ALL_METHODS if m in method_info}  # one order in every report
     skipped = {m: info["note"] for m, info in method_info.items() if info["status"] == "skipped"}
     notes[:0] = [f"{m} skipped: {why}" for m, why in skipped.items()]
     report = {
