@@ -27,6 +27,7 @@ from _common import machine_info, write_section  # noqa: E402
 def build_runs(root: Path) -> dict[str, Path]:
     """A tiny dataset and one step of each model, so the converter has real checkpoints."""
     from cad3d.data.synth import create_synthetic_training_data
+    from cad3d.training.depth_export import export_depth_checkpoint
     from cad3d.training.engine import train_model
 
     data = root / "data"
@@ -35,7 +36,8 @@ def build_runs(root: Path) -> dict[str, Path]:
     common = dict(preset="tiny", epochs=1, max_steps=1, progress=False, device="cpu")
     train_model("vit", data, out_dir=root / "vit", **common)
     train_model("diffusion", data, out_dir=root / "diffusion", **common)
-    train_model("depth", data, out_dir=root / "depth", task_overrides={"onnx_path": str(onnx)}, **common)
+    train_model("depth", data, out_dir=root / "depth", **common)
+    export_depth_checkpoint(root / "depth" / "depth_last.pth", onnx)  # a max_steps stop does not export itself
     images = sorted((data / "images").glob("*.png"))
     return {"vit": root / "vit" / "checkpoint_last.pth", "diffusion": root / "diffusion" / "diffusion_last.pth",
             "depth": onnx, "images": images}

@@ -26,7 +26,7 @@ def runs(tiny_dataset, tmp_path_factory):
     train_model("vit", tiny_dataset, out_dir=root / "vit", epochs=2, **common)
     train_model("diffusion", tiny_dataset, out_dir=root / "diffusion", epochs=2, **common)
     onnx = root / "models" / "cad3d_depth_256.onnx"
-    train_model("depth", tiny_dataset, out_dir=root / "depth", epochs=1, task_overrides={"onnx_path": str(onnx)}, **common)
+    train_model("depth", tiny_dataset, out_dir=root / "depth", epochs=1, task_overrides={"publish_onnx": str(onnx)}, **common)
     assert onnx.is_file()
     return {
         "vit": root / "vit" / "final_model.pth",

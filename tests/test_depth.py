@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
     from cad3d.training.engine import Engine, EngineConfig
 
     config = DepthTask.presets()["tiny"]
-    config.onnx_path = str(tmp_path / "models" / OUR_MODEL_NAME)
+    config.publish_onnx = str(tmp_path / "models" / OUR_MODEL_NAME)
     task = DepthTask(config)
     train, val = task.build_datasets(tiny_dataset, seed=0)
     engine_cfg = EngineConfig(**{**DepthTask.engine_presets()["tiny"], "out_dir": str(tmp_path / "depth"), "progress": False})
@@ -183,8 +184,10 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
     assert log[-1]["val_ssi"] < 0.85  # a constant scores 1
 
     # The export at the end of training, and again from the best checkpoint.
-    assert report["onnx"]["path"] == config.onnx_path and report["onnx"]["max_abs_diff"] < 1e-3
-    est = DepthEstimator(config.onnx_path)
+    assert report["onnx"]["path"] == str(out / OUR_MODEL_NAME) and report["onnx"]["max_abs_diff"] < 1e-3
+    assert report["onnx"]["published"] == config.publish_onnx  # the run's export, copied where converters look
+    assert (out / OUR_MODEL_NAME).read_bytes() == Path(config.publish_onnx).read_bytes()
+    est = DepthEstimator(config.publish_onnx)
     drawing = load_drawing(val.records[0].image)
     inv = est.predict(drawing)
     assert inv.shape == drawing.shape

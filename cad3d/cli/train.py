@@ -6,7 +6,10 @@ modules named in ``CAD3D_TASK_MODULES``. The task reads its (train, val) dataset
 defaults (`TrainTask.engine_presets`); flags given explicitly override both.
 
 A fresh run (no ``--resume``) into a folder that already holds checkpoints of MODEL is an error
-(exit 1) unless ``--overwrite`` deletes them first: two runs never mix in one folder.
+(exit 1) unless ``--overwrite`` deletes them first: two runs never mix in one folder. A folder
+another process writes to (a training, ``cad3d ckpt prune``) is refused, naming it.
+``depth`` exports its ONNX model under ``--out``; ``--publish-onnx`` also copies it to
+``models/cad3d_depth_256.onnx`` (or the path given), where ``cad3d convert`` looks.
 
 Exit codes: 0 done (also when ``--max-steps`` stopped early), 1 failure, 2 usage (unknown MODEL,
 a bad flag value),
@@ -23,6 +26,7 @@ import sys
 from pathlib import Path
 
 from cad3d.cli._args import non_negative_int, positive_float, positive_int
+from cad3d.models.depth_contract import DEFAULT_ONNX_PATH
 
 
 # CLI flag -> EngineConfig field, for flags that map one to one (None = not given).
@@ -73,6 +77,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--keep-last", type=non_negative_int, metavar="K", help="keep only the K newest epoch files (best and last are kept)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (resumable)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
+    p.add_argument("--publish-onnx", nargs="?", const=str(DEFAULT_ONNX_PATH), metavar="PATH",
+                   help=f"depth only: also publish the ONNX export (made under --out) to PATH (default {DEFAULT_ONNX_PATH}), "
+                        "where cad3d convert looks")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run, _parser=p)
 
@@ -87,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error(f"unknown model {args.model!r}; known: {', '.join(known_tasks()) or 'none registered'}")
     if args.overwrite and args.resume:
         args._parser.error("--overwrite starts fresh; it cannot be combined with --resume")
+    task_overrides = None
+    if args.publish_onnx is not None:
+        if args.model != "depth":
+            args._parser.error("--publish-onnx is for the depth model only")
+        task_overrides = {"publish_onnx": args.publish_onnx}
+        _check_writable(Path(args.publish_onnx).parent, "--publish-onnx")  # now, not after training
     overrides = {field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items()}
     if args.overwrite:
         overrides["overwrite"] = True
@@ -98,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["progress"] = False
     out_dir = args.out or str(Path("trained_models") / args.model)
     try:
-        report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, **overrides)
+        report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, task_overrides=task_overrides,
+                             **overrides)
     except TrainingInterrupted as exc:
         print(f"cad3d: {exc}", file=sys.stderr)
         return 128 + exc.signal_number
@@ -110,4 +124,20 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model}: {status} after {report['total_epochs']} epochs, {report['total_steps']} steps; "
         f"best {report['monitor']} {best if best is None else f'{best:.6g}'}; outputs in {out_dir}"
     )
+    onnx = report.get("onnx")
+    if isinstance(onnx, dict):
+        where = onnx.get("path") if "skipped" not in onnx else None
+        published = f"; published {onnx['published']}" if onnx.get("published") else ""
+        print(f"ONNX: {onnx['skipped']}" if where is None else f"ONNX: {where}{published}")
     return 0
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    from cad3d.errors import Cad3dError
+    from cad3d.io import temp_path
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        temp_path(folder / "probe").unlink()
+    except OSError as exc:
+        raise Cad3dError(f"{folder}: cannot write there ({exc.strerror or exc}); needed by {flag}") from None
