@@ -275,3 +275,22 @@ def test_robust_normalization_ignores_stray_points():
     robust = np.abs(normalize_cloud(np.concatenate([cube, strays]), robust=True)[:1000]).max()
     assert plain < 0.85 * alone  # two strays squeezed the cube
     assert abs(robust - alone) < 0.15 * alone  # the cube keeps about its size
+
+
+def test_cli_never_overwrites_outputs_when_names_collide(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)  # the geometric path
+    d = tmp_path / "d"
+    d.mkdir()
+    with Image.open(drawing(tiny_dataset)) as im:
+        for ext in ("png", "jpg", "bmp"):
+            im.convert("RGB").save(d / f"x.{ext}")
+    assert main(["convert", str(d), str(d / "x.png"), "-o", "out", "--num-points", "128", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 3, failed 0" in out  # x.png given twice is converted once
+    clouds = sorted(p.name for p in (tmp_path / "out").glob("*.ply"))
+    assert clouds == ["x.ply", "x_jpg.ply", "x_png.ply"]  # inputs in name order: x.bmp keeps "x"
+    assert len(list((tmp_path / "out").glob("*_preview.png"))) == 3
+    assert out.count("(renamed: another input has the same name)") == 2
+    assert f"{d / 'x.jpg'} -> out/x_jpg.ply" in out

@@ -4,6 +4,7 @@ of the same batch still converted."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -24,7 +25,7 @@ from torch import nn
 from cad3d.cli import main
 from cad3d.errors import CheckpointError, ConversionError
 from cad3d.training.checkpoint import CheckpointManager
-from cad3d.training.checkpoint_io import MANIFEST_NAME, build_metadata, load_checkpoint, read_metadata, sha256_file
+from cad3d.training.checkpoint_io import MANIFEST_NAME, build_metadata, load_checkpoint, read_metadata
 from cad3d.training.tasks.base import CheckpointSchema
 
 SCHEMA = CheckpointSchema(model="toy", module_keys={"model": "state_dict"}, epoch_file="toy_epoch_{epoch}.pth",
@@ -68,7 +69,7 @@ def test_mutated_checkpoints_only_ever_give_checkpoint_error(fmt, tmp_path):
     listed, unlisted = tmp_path / "listed", tmp_path / "unlisted"
     for folder in (listed, unlisted):
         folder.mkdir()
-    warnings.simplefilter("ignore")
+    warnings.simplefilter("ignore")  # pytest restores the filters after the test
     for case in range(CASES_PER_FORMAT):
         kind, data = mutate(good, rng)
         if data == good:
@@ -76,7 +77,7 @@ def test_mutated_checkpoints_only_ever_give_checkpoint_error(fmt, tmp_path):
         kinds[kind] += 1
         (unlisted / "toy_last.pth").write_bytes(data)
         (listed / "toy_last.pth").write_bytes(data)
-        manifest = {"schema_version": 1, "files": {"toy_last.pth": {"sha256": sha256_file_bytes(good)}}}
+        manifest = {"schema_version": 1, "files": {"toy_last.pth": {"sha256": hashlib.sha256(good).hexdigest()}}}
         (listed / MANIFEST_NAME).write_text(json.dumps(manifest))
         attempts = [lambda: load_checkpoint(unlisted / "toy_last.pth"), lambda: load_checkpoint(listed / "toy_last.pth"),
                     lambda: read_metadata(unlisted / "toy_last.pth"),
@@ -94,12 +95,6 @@ def test_mutated_checkpoints_only_ever_give_checkpoint_error(fmt, tmp_path):
     print(f"{fmt}: {sum(kinds.values())} mutated files ({dict(kinds)}), {calls} reads, {len(escaped)} escaped")
     assert not escaped, escaped[:5]
     assert sum(kinds.values()) > 0.9 * CASES_PER_FORMAT
-
-
-def sha256_file_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_legacy_pickle_reproducer_is_a_checkpoint_error_everywhere(tmp_path, capsys, monkeypatch):

@@ -249,7 +249,7 @@ class CheckpointManager:
         try:
             self._write_manifest()  # 4. resolved
         except CheckpointError as exc:  # the pending entry on disk accepts the new bytes
-            raise write_failure(path, exc, intact=f"{name} itself was saved whole") from None
+            raise write_failure(path, exc, intact=f"{name} was saved whole, earlier files are intact") from None
         logger.debug("saved checkpoint %s (%s)", path, entry["sha256"][:12])
         return path
 

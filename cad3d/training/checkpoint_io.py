@@ -195,20 +195,21 @@ def _errno_in_chain(exc: BaseException | None) -> int | None:
     return None
 
 
-def write_failure(path, exc: BaseException, *, intact: str) -> CheckpointError:
-    """The `CheckpointError` for a failed write of ``path``: the cause (a full disk or quota said
-    as such) and ``intact``, what is still safe (e.g. "the previous vae_last.pth is intact")."""
+def write_cause(exc: BaseException) -> str:
+    """Why a write failed, in words: a full disk or quota said as such."""
     code = _errno_in_chain(exc)
     if code == errno.ENOSPC:
-        cause = "the disk is full (no space left on device)"
-    elif code == getattr(errno, "EDQUOT", -1):
-        cause = "the disk quota is exceeded"
-    elif code is not None:
-        cause = os.strerror(code)
-    else:
-        cause = _first_line(exc)
-    hint = "; free some space and run again" if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else ""
-    return CheckpointError(f"{path}: cannot save: {cause}; {intact}{hint}")
+        return "the disk is full (no space left on device)"
+    if code == getattr(errno, "EDQUOT", -1):
+        return "the disk quota is exceeded"
+    return os.strerror(code) if code is not None else _first_line(exc)
+
+
+def write_failure(path, exc: BaseException, *, intact: str) -> CheckpointError:
+    """The `CheckpointError` for a failed write of ``path``: the cause (`write_cause`) and
+    ``intact``, what is still safe (e.g. "the previous vae_last.pth is intact")."""
+    no_space = _errno_in_chain(exc) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    return CheckpointError(f"{path}: cannot save: {write_cause(exc)}; {intact}" + ("; free some space and run again" if no_space else ""))
 
 
 def accepted_hashes(entry: Mapping[str, Any] | None) -> set[str]:

@@ -24,6 +24,7 @@ import filelock
 
 from cad3d.errors import CheckpointError
 from cad3d.io import atomic_write_json
+from cad3d.training.checkpoint_io import write_cause
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class RunLock:
                 "finish, stop it, or choose another folder"
             ) from None
         except OSError as exc:
-            raise CheckpointError(f"{d}: cannot write to the run folder ({exc.strerror or exc})") from None
+            raise CheckpointError(f"{d}: cannot write to the run folder ({write_cause(exc)})") from None
         try:
             self._take_over(lock)
         except BaseException:
@@ -138,7 +139,7 @@ class RunLock:
         try:
             atomic_write_json(d / HOLDER_NAME, record)
         except OSError as exc:
-            raise CheckpointError(f"{d}: cannot write to the run folder ({exc.strerror or exc})") from None
+            raise CheckpointError(f"{d}: cannot write to the run folder ({write_cause(exc)})") from None
 
     def release(self) -> None:
         """Remove the holder record, then free the lock (in that order: a new holder's record is
