@@ -68,7 +68,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the modules")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out (auto) or from PATH")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue from the newest usable checkpoint in --out (auto: fresh when --out holds none; an "
+                        "error listing why when none of them can be used) or from PATH")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the folder's existing checkpoints and logs of this model before training "
                         "(without it, a fresh run into a folder that has them is an error)")

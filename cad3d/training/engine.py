@@ -5,8 +5,9 @@
 
 The engine owns epochs and steps, the optimizer and LR schedule, clipping, autocast, compile,
 seeding, progress bars (rank 0), JSON logs, TensorBoard, checkpoints (`CheckpointManager`),
-resume, SIGTERM/SIGINT and DDP under torchrun. Invariants: a task's randomness comes only from
-``StepContext.generator``; the data order is a function of (seed, epoch); every state that
+the run folder (`run_folder`: its writer lock, a fresh start or the file to resume, decided by
+rank 0), SIGTERM/SIGINT and DDP under torchrun (a failed save on rank 0 stops every rank at
+once). Invariants: a task's randomness comes only from ``StepContext.generator``; the data order is a function of (seed, epoch); every state that
 decides the next step is in the checkpoint, so an interrupted-and-resumed CPU run ends
 bit-identical to an uninterrupted one. A signal saves ``last`` after the current step and `fit`
 raises `TrainingInterrupted`; ``max_steps`` saves the same way and returns the report.
