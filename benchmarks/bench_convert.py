@@ -30,6 +30,7 @@ def build_runs(root: Path, *, preset: str = "tiny", device: str = "cpu", data: P
     """One optimizer step of each converting model (``preset``) on a small synthetic dataset
     (made in ``root`` unless ``data`` is given), so the converter has real checkpoints."""
     from cad3d.data.synth import create_synthetic_training_data
+    from cad3d.training.depth_export import export_depth_checkpoint
     from cad3d.training.engine import train_model
 
     if data is None:
@@ -39,7 +40,8 @@ def build_runs(root: Path, *, preset: str = "tiny", device: str = "cpu", data: P
     common = dict(preset=preset, epochs=1, max_steps=1, progress=False, device=device, batch_size=2)
     train_model("vit", data, out_dir=root / "vit", **common)
     train_model("diffusion", data, out_dir=root / "diffusion", **common)
-    train_model("depth", data, out_dir=root / "depth", task_overrides={"onnx_path": str(onnx)}, **common)
+    train_model("depth", data, out_dir=root / "depth", **common)
+    export_depth_checkpoint(root / "depth" / "depth_last.pth", onnx)  # a max_steps stop does not export itself
     images = sorted((data / "images").glob("*.png"))
     return {"vit": root / "vit" / "checkpoint_last.pth", "diffusion": root / "diffusion" / "diffusion_last.pth",
             "depth": onnx, "images": images}

@@ -76,7 +76,8 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
     for model, epochs in cfg.epochs.items():
         t = stage(f"train {model}")
         out = root / "trained_models" / model
-        task_overrides = {"onnx_path": str(root / "models" / "cad3d_depth_256.onnx")} if model == "depth" else None
+        # The depth export goes under the run folder; publishing puts it where the converter looks.
+        task_overrides = {"publish_onnx": str(root / "models" / "cad3d_depth_256.onnx")} if model == "depth" else None
         result.reports[model] = train_model(model, data_dir, preset="tiny", out_dir=out, task_overrides=task_overrides,
                                             epochs=epochs, seed=cfg.seed, progress=cfg.progress,
                                             overwrite=True)  # the demo remakes its runs from scratch

@@ -34,6 +34,6 @@ train() {  # train MODEL [extra flags]: one GPU, or torchrun over GPUS
 train vae --precision bf16
 train vit --precision bf16
 train diffusion --precision bf16
-train depth --precision bf16   # also writes models/cad3d_depth_256.onnx
+train depth --precision bf16 --publish-onnx   # OUT/cad3d_depth_256.onnx, copied to models/
 
 "$PY" -m cad3d eval --data "$DATA" --split test -o outputs/eval --device cuda

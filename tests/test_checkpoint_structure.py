@@ -28,7 +28,7 @@ def load(path):
 
 def test_vae_layout_and_keys(tmp_path):
     train(ToyVAETask(), tmp_path, epochs=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".cad3d.lock") == [
         "checkpoints_manifest.json", "vae_best.pth", "vae_epoch_1.pth", "vae_epoch_2.pth",
         "vae_epoch_log.json", "vae_last.pth", "vae_training_report.json",
     ]
@@ -52,7 +52,7 @@ def test_vae_layout_and_keys(tmp_path):
 
 def test_diffusion_layout_keys_and_report(tmp_path):
     train(ToyDiffusionTask(), tmp_path, epochs=4, val=False)  # epoch files every 2, best by train loss
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".cad3d.lock") == [
         "checkpoints_manifest.json", "diffusion_best.pth", "diffusion_epoch_2.pth", "diffusion_epoch_4.pth",
         "diffusion_last.pth", "training_report.json",
     ]
@@ -72,7 +72,7 @@ def test_diffusion_layout_keys_and_report(tmp_path):
 
 def test_vit_layout_and_keys(tmp_path):
     train(ToyViTTask(), tmp_path, epochs=5)  # epoch files every 5, final_model.pth, no best file
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".cad3d.lock") == [
         "checkpoint_epoch_5.pth", "checkpoint_last.pth", "checkpoints_manifest.json", "final_model.pth",
         "training_history.json",
     ]

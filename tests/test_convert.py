@@ -25,7 +25,7 @@ def runs(tiny_dataset, tmp_path_factory):
     train_model("vit", tiny_dataset, out_dir=root / "vit", epochs=2, **common)
     train_model("diffusion", tiny_dataset, out_dir=root / "diffusion", epochs=2, **common)
     onnx = root / "models" / "cad3d_depth_256.onnx"
-    train_model("depth", tiny_dataset, out_dir=root / "depth", epochs=1, task_overrides={"onnx_path": str(onnx)}, **common)
+    train_model("depth", tiny_dataset, out_dir=root / "depth", epochs=1, task_overrides={"publish_onnx": str(onnx)}, **common)
     assert onnx.is_file()
     return {
         "vit": root / "vit" / "final_model.pth",
@@ -312,3 +312,22 @@ def test_a_clean_and_a_varied_drawing_of_one_part_convert_alike(tmp_path):
         # The varied sheet as drawn, without finding the part first:
         raw.append(score_clouds([a], [geometric_fallback(varied, 1024, np.random.default_rng(0))])[0]["chamfer_l2"])
     assert np.mean(framed) < 0.005 and np.mean(framed) < 0.5 * np.mean(raw), (framed, raw)
+
+
+def test_cli_never_overwrites_outputs_when_names_collide(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)  # the geometric path
+    d = tmp_path / "d"
+    d.mkdir()
+    with Image.open(drawing(tiny_dataset)) as im:
+        for ext in ("png", "jpg", "bmp"):
+            im.convert("RGB").save(d / f"x.{ext}")
+    assert main(["convert", str(d), str(d / "x.png"), "-o", "out", "--num-points", "128", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 3, failed 0" in out  # x.png given twice is converted once
+    clouds = sorted(p.name for p in (tmp_path / "out").glob("*.ply"))
+    assert clouds == ["x.ply", "x_jpg.ply", "x_png.ply"]  # inputs in name order: x.bmp keeps "x"
+    assert len(list((tmp_path / "out").glob("*_preview.png"))) == 3
+    assert out.count("(renamed: another input has the same name)") == 2
+    assert f"{d / 'x.jpg'} -> out/x_jpg.ply" in out

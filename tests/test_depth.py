@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
     from cad3d.training.engine import Engine, EngineConfig
 
     config = DepthTask.presets()["tiny"]
-    config.onnx_path = str(tmp_path / "models" / OUR_MODEL_NAME)
+    config.publish_onnx = str(tmp_path / "models" / OUR_MODEL_NAME)
     task = DepthTask(config)
     train, val = task.build_datasets(tiny_dataset, seed=0)
     engine_cfg = EngineConfig(**{**DepthTask.engine_presets()["tiny"], "out_dir": str(tmp_path / "depth"), "progress": False})
@@ -188,8 +189,10 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
     assert log[-1]["val_ssi"] < 0.85  # a constant scores 1
 
     # The export at the end of training, and again from the best checkpoint.
-    assert report["onnx"]["path"] == config.onnx_path and report["onnx"]["max_abs_diff"] < 1e-3
-    est = DepthEstimator(config.onnx_path)
+    assert report["onnx"]["path"] == str(out / OUR_MODEL_NAME) and report["onnx"]["max_abs_diff"] < 1e-3
+    assert report["onnx"]["published"] == config.publish_onnx  # the run's export, copied where converters look
+    assert (out / OUR_MODEL_NAME).read_bytes() == Path(config.publish_onnx).read_bytes()
+    est = DepthEstimator(config.publish_onnx)
     drawing = load_drawing(val.records[0].image)
     inv = est.predict(drawing)
     assert inv.shape == drawing.shape
@@ -198,3 +201,44 @@ def test_depth_task_trains_beats_constant_and_exports(tiny_dataset, tmp_path):
     assert fg > bg  # the part is closer than the paper
     again = export_depth_checkpoint(out / "depth_best.pth", tmp_path / "from_best.onnx")
     assert again.max_abs_diff <= again.tolerance
+
+
+@pytest.mark.slow
+def test_cli_depth_exports_under_out_publishes_on_request_and_a_failed_export_exits_1(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from cad3d.cli import main
+    from cad3d.training.checkpoint_io import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "depth", "--data", str(tiny_dataset), "--preset", "tiny", "--epochs", "1", "--no-progress"]
+    # Stopped by --max-steps before its last epoch: resumable checkpoints, no export.
+    assert main([*args, "--out", "stopped", "--max-steps", "1"]) == 0
+    assert "ONNX: not exported: training stopped at max_steps" in capsys.readouterr().out
+    assert (tmp_path / "stopped" / "depth_last.pth").is_file() and not list(tmp_path.rglob("*.onnx"))
+    # Complete: the export goes under --out, and (asked) is published to models/.
+    assert main([*args, "--out", "run", "--publish-onnx"]) == 0
+    assert f"ONNX: run/{OUR_MODEL_NAME}; published models/{OUR_MODEL_NAME}" in capsys.readouterr().out
+    assert (tmp_path / "models" / OUR_MODEL_NAME).read_bytes() == (tmp_path / "run" / OUR_MODEL_NAME).read_bytes()
+    assert DepthEstimator(tmp_path / "models" / OUR_MODEL_NAME).predict(np.ones((64, 64), np.float32)).shape == (64, 64)
+
+    def broken_exporter(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr("cad3d.training.depth_export._torch_onnx_export", broken_exporter)
+    assert main([*args, "--out", "broken"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ONNX export to broken/cad3d_depth_256.onnx failed (exporter crashed)" in err[0]
+    assert "depth_best.pth" in err[0]
+    assert load_checkpoint(tmp_path / "broken" / "depth_best.pth")["cad3d_meta"]["epoch"] == 1  # saved first
+    report = json.loads((tmp_path / "broken" / "depth_training_report.json").read_text())
+    assert report["onnx"]["error"] == "exporter crashed" and not list((tmp_path / "broken").glob("*.onnx"))
+
+
+def test_publish_onnx_is_for_depth_and_checked_before_training(tmp_path, capsys):
+    from cad3d.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "vae", "--data", str(tmp_path), "--publish-onnx"])
+    assert info.value.code == 2 and "depth model only" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["train", "depth", "--data", str(tmp_path), "--publish-onnx", str(tmp_path / "a_file" / "m.onnx")]) == 1
+    assert "cannot write there" in capsys.readouterr().err

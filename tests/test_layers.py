@@ -95,8 +95,7 @@ def test_layered_depth_network_learns_beats_a_flat_guess_and_exports(tiny_datase
     from cad3d.training.engine import Engine, EngineConfig
     from cad3d.training.tasks.depth import DepthTask, DepthTaskConfig, layered_chamfer
 
-    config = DepthTaskConfig(model=DepthNetConfig(base_channels=8, max_channels=32, levels=3, image_size=64, layers=4),
-                             onnx_path=str(tmp_path / "depth.onnx"))
+    config = DepthTaskConfig(model=DepthNetConfig(base_channels=8, max_channels=32, levels=3, image_size=64, layers=4))
     task = DepthTask(config)
     train, val = task.build_datasets(tiny_dataset, seed=0)
     Engine(task, train, val, EngineConfig(epochs=12, batch_size=4, lr=3e-3, device="cpu", progress=False,
@@ -111,7 +110,7 @@ def test_layered_depth_network_learns_beats_a_flat_guess_and_exports(tiny_datase
     flat = layered_chamfer(torch.zeros_like(depth), flat_logits, layers)
     assert learned < 0.8 * flat, (learned, flat)
     # The export carries the layers; the runtime lifts them at the drawing's size.
-    est = DepthEstimator(config.onnx_path)
+    est = DepthEstimator(tmp_path / "run" / "cad3d_depth_256.onnx")  # exported under the run folder
     assert est.layered and est.val_chamfer is not None
     drawing = images[0, 0].numpy()
     lifted = est.predict_layers(drawing)

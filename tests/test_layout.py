@@ -81,7 +81,7 @@ def test_engine_checkpoint_loads_through_the_one_loader(kind, tiny_dataset, tmp_
     from cad3d.training.engine import train_model
     from cad3d.training.loader import load_trained
 
-    overrides = {"onnx_path": None} if kind == "depth" else None
+    overrides = {"export_onnx": False} if kind == "depth" else None
     out = tmp_path / kind
     train_model(kind, tiny_dataset, preset="tiny", out_dir=out, epochs=1, max_steps=1, progress=False,
                 device="cpu", task_overrides=overrides)

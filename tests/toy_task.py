@@ -226,6 +226,25 @@ class ToyViTTask(ToyTask):
     )
 
 
+def full_disk_write(budget: int):
+    """A replacement for `cad3d.io.HashingWriter.write` (through which checkpoints, manifests and
+    logs are written): ENOSPC once ``budget`` bytes have gone through, as a full disk fails."""
+    import errno
+
+    from cad3d.io import HashingWriter
+
+    left = {"bytes": budget}
+    real_write = HashingWriter.write
+
+    def write(self, b):
+        left["bytes"] -= len(b)
+        if left["bytes"] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, b)
+
+    return write
+
+
 def ddp_main(work: Path) -> None:
     """Run under torchrun (2 CPU processes, gloo) by tests/test_ddp.py. In one process group:
 

@@ -147,6 +147,16 @@ def _known(fn) -> list[str]:
         return []
 
 
+def _writer_lock(path: Path, purpose: str, dry_run: bool):
+    """The run folder's writer lock (refused, naming the holder, while a training writes there);
+    nothing for a dry run, which only reads."""
+    import contextlib
+
+    from cad3d.training.run_lock import RunLock
+
+    return contextlib.nullcontext() if dry_run else RunLock(path, purpose)
+
+
 # -- commands ----------------------------------------------------------------------------
 def _cmd_ls(args) -> int:
     from cad3d.training.inspect import list_folder
@@ -240,8 +250,8 @@ def _cmd_prune(args) -> int:
     if not args.path.is_dir():
         raise CheckpointError(f"{args.path}: not a folder")
     _, schema = _resolve_task(args.path, args.model)
-    mgr = CheckpointManager(args.path, schema)
-    doomed = mgr.prune(args.keep_last, dry_run=args.dry_run)
+    with _writer_lock(args.path, "ckpt prune", args.dry_run):
+        doomed = CheckpointManager(args.path, schema, is_writer=not args.dry_run).prune(args.keep_last, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for p in doomed:
         print(f"{verb} {p.name}")
@@ -255,18 +265,19 @@ def _cmd_migrate(args) -> int:
     if not args.path.is_dir():
         raise CheckpointError(f"{args.path}: not a folder")
     task_name, schema = _resolve_task(args.path, args.model)
-    steps = plan_migration(args.path, schema, task_name)
-    changes = [s for s in steps if s.action not in ("skip", "refuse")]
-    print(f"migration plan for {args.path} (model {task_name}):")
-    for s in steps:
-        print(f"  {s.describe()}")
-    if not steps:
-        print("  nothing to do")
-    if args.dry_run:
-        print(f"dry run: {len(changes)} change(s) planned, nothing changed")
-        return 0
-    for line in apply_migration(args.path, steps, schema, task_name):
-        print(f"done: {line}")
+    with _writer_lock(args.path, "ckpt migrate", args.dry_run):  # the plan is applied as made
+        steps = plan_migration(args.path, schema, task_name)
+        changes = [s for s in steps if s.action not in ("skip", "refuse")]
+        print(f"migration plan for {args.path} (model {task_name}):")
+        for s in steps:
+            print(f"  {s.describe()}")
+        if not steps:
+            print("  nothing to do")
+        if args.dry_run:
+            print(f"dry run: {len(changes)} change(s) planned, nothing changed")
+            return 0
+        for line in apply_migration(args.path, steps, schema, task_name):
+            print(f"done: {line}")
     refused = [s.source.name for s in steps if s.action == "refuse"]
     print(f"{len(changes)} change(s) applied" + (f"; refused: {', '.join(refused)}" if refused else ""))
     return 0

@@ -40,6 +40,7 @@ def _convert(args) -> int:
     for res in report.results:
         outputs = ", ".join(str(p) for p in res["outputs"].values())
         weights = "no weights" if res["method"] == "geometric" else f"{'trained' if res['trained'] else 'untrained'} weights"
-        print(f"{res['input']} -> {outputs} [{res['method']}, {weights}, {res['seconds']:.2f} s]")
+        renamed = " (renamed: another input has the same name)" if res.get("renamed") else ""
+        print(f"{res['input']} -> {outputs} [{res['method']}, {weights}, {res['seconds']:.2f} s]{renamed}")
     print(f"converted {len(report.results)}, failed {len(report.failed)}")
     return 1 if report.failed or not report.results else 0

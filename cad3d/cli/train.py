@@ -6,7 +6,10 @@ modules named in ``CAD3D_TASK_MODULES``. The task reads its (train, val) dataset
 defaults (`TrainTask.engine_presets`); flags given explicitly override both.
 
 A fresh run (no ``--resume``) into a folder that already holds checkpoints of MODEL is an error
-(exit 1) unless ``--overwrite`` deletes them first: two runs never mix in one folder.
+(exit 1) unless ``--overwrite`` deletes them first: two runs never mix in one folder. A folder
+another process writes to (a training, ``cad3d ckpt prune``) is refused, naming it.
+``depth`` exports its ONNX model under ``--out``; ``--publish-onnx`` also copies it to
+``models/cad3d_depth_256.onnx`` (or the path given), where ``cad3d convert`` looks.
 
 Exit codes: 0 done (also when ``--max-steps`` stopped early), 1 failure, 2 usage (unknown MODEL,
 a bad flag value),
@@ -23,6 +26,7 @@ import sys
 from pathlib import Path
 
 from cad3d.cli._args import non_negative_int, positive_float, positive_int
+from cad3d.models.depth_contract import DEFAULT_ONNX_PATH
 
 
 # CLI flag -> EngineConfig field, for flags that map one to one (None = not given).
@@ -65,7 +69,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the modules")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out (auto) or from PATH")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue from the newest usable checkpoint in --out (auto: fresh when --out holds none; an "
+                        "error listing why when none of them can be used) or from PATH")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the folder's existing checkpoints and logs of this model before training "
                         "(without it, a fresh run into a folder that has them is an error)")
@@ -79,6 +85,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--vit-encoder", metavar="VIT_CHECKPOINT",
                    help="diffusion only: the hybrid, the trained ViT of this checkpoint encodes the drawings (its patch "
                         "tokens are the features each point reads at its projection), fine-tuned with the model")
+    p.add_argument("--publish-onnx", nargs="?", const=str(DEFAULT_ONNX_PATH), metavar="PATH",
+                   help=f"depth only: also publish the ONNX export (made under --out) to PATH (default {DEFAULT_ONNX_PATH}), "
+                        "where cad3d convert looks")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run, _parser=p)
 
@@ -93,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error(f"unknown model {args.model!r}; known: {', '.join(known_tasks()) or 'none registered'}")
     if args.overwrite and args.resume:
         args._parser.error("--overwrite starts fresh; it cannot be combined with --resume")
+    task_overrides = None
+    if args.publish_onnx is not None:
+        if args.model != "depth":
+            args._parser.error("--publish-onnx is for the depth model only")
+        task_overrides = {"publish_onnx": args.publish_onnx}
+        _check_writable(Path(args.publish_onnx).parent, "--publish-onnx")  # now, not after training
     overrides = {field: getattr(args, flag) for flag, field in _ENGINE_FLAGS.items()}
     if args.overwrite:
         overrides["overwrite"] = True
@@ -125,4 +140,20 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model}: {status} after {report['total_epochs']} epochs, {report['total_steps']} steps; "
         f"best {report['monitor']} {best if best is None else f'{best:.6g}'}; outputs in {out_dir}"
     )
+    onnx = report.get("onnx")
+    if isinstance(onnx, dict):
+        where = onnx.get("path") if "skipped" not in onnx else None
+        published = f"; published {onnx['published']}" if onnx.get("published") else ""
+        print(f"ONNX: {onnx['skipped']}" if where is None else f"ONNX: {where}{published}")
     return 0
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    from cad3d.errors import Cad3dError
+    from cad3d.io import temp_path
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        temp_path(folder / "probe").unlink()
+    except OSError as exc:
+        raise Cad3dError(f"{folder}: cannot write there ({exc.strerror or exc}); needed by {flag}") from None

@@ -12,6 +12,11 @@ from cad3d.errors import ConversionError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MAX_PIXELS = 64_000_000  # a 8000x8000 drawing; larger inputs are refused before decoding
+# A drawing is padded with paper to a square: one much longer than wide would be a few pixels
+# thin once fitted (and the square, before it shrinks, a memory bomb). Both bounds are checked on
+# the header, before decoding, so reading any file needs at most about 1 GB.
+MAX_ASPECT = 20
+MAX_SIDE = 16_384
 
 
 def read_drawing(path: str | os.PathLike, image_size: int | None = 256) -> np.ndarray:
@@ -20,44 +25,71 @@ def read_drawing(path: str | os.PathLike, image_size: int | None = 256) -> np.nd
 
     Accepts grayscale, RGB, RGBA and LA (transparent = white paper), palette and 16-bit images.
     Raises ConversionError naming the file for: a missing file or folder, an empty file, a file
-    that is not an image, a truncated image, an image too large to decode safely, an unsupported
-    mode (CMYK, floating point) and a blank page.
+    that is not an image, a truncated or damaged image, an image too large to decode safely (over
+    `MAX_PIXELS` pixels or `MAX_SIDE` on a side), too elongated (over `MAX_ASPECT`:1), an
+    unsupported mode (CMYK, floating point) and a blank page. Nothing else escapes: a damaged
+    file makes PIL's decoders fail in many ways, all reported as this file's error.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from cad3d.data.dataset import load_drawing
-    from cad3d.errors import DatasetError
+    from PIL import Image
 
     path = Path(path)
-    if not path.exists():
-        raise ConversionError(f"{path}: no such file")
-    if path.is_dir():
-        raise ConversionError(f"{path}: is a folder, not a drawing")
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path}: empty file (0 bytes)")
+    try:
+        if not path.exists():
+            raise ConversionError(f"{path}: no such file")
+        if path.is_dir():
+            raise ConversionError(f"{path}: is a folder, not a drawing")
+        if path.stat().st_size == 0:
+            raise ConversionError(f"{path}: empty file (0 bytes)")
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         with Image.open(path) as im:
             w, h = im.size
             mode = im.mode
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConversionError(f"{path}: not an image ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise ConversionError(f"{path}: image too large to decode safely ({exc})") from None
-    if w * h > MAX_PIXELS:
-        raise ConversionError(f"{path}: image too large ({w}x{h} pixels; at most {MAX_PIXELS:,} pixels)")
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, SyntaxError, struct.error...
+        raise ConversionError(f"{path}: not an image ({_cause(exc)})") from None
+    _check_header(path, w, h, mode)
+    image = _decode(path, image_size)
+    if (image < 0.5).sum() < 10:
+        raise ConversionError(f"{path}: blank drawing (no lines found)")
+    return image
+
+
+def _check_header(path: Path, w: int, h: int, mode: str) -> None:
     if w < 8 or h < 8:
         raise ConversionError(f"{path}: image too small ({w}x{h} pixels)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ConversionError(f"{path}: image too elongated for a drawing ({w}x{h} pixels, over {MAX_ASPECT}:1)")
+    if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
+        raise ConversionError(f"{path}: image too large ({w}x{h} pixels; at most {MAX_PIXELS:,} pixels and "
+                              f"{MAX_SIDE} on a side)")
     if mode in ("CMYK", "F", "YCbCr", "LAB", "HSV"):
         raise ConversionError(f"{path}: unsupported image mode {mode} (use grayscale, RGB or RGBA)")
+
+
+def _decode(path: Path, image_size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    from cad3d.data.dataset import load_drawing
+    from cad3d.errors import DatasetError
+
     try:
-        image = load_drawing(path, image_size)
+        return load_drawing(path, image_size)
     except DatasetError as exc:
         raise ConversionError(str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise ConversionError(f"{path}: image too large to decode safely ({exc})") from None
-    if (image < 0.5).sum() < 10:
-        raise ConversionError(f"{path}: blank drawing (no lines found)")
-    return image
+    except MemoryError:
+        raise ConversionError(f"{path}: not enough memory to decode the image") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged image fails inside PIL's decoders in many ways
+        raise ConversionError(f"{path}: corrupt or unreadable image ({_cause(exc)})") from None
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def as_drawing(drawing, image_size: int | None = None) -> np.ndarray:

@@ -50,10 +50,13 @@ from cad3d.training.checkpoint_io import (
     read_manifest,
     read_metadata,
     sha256_file,
+    strip_path,
+    write_failure,
     write_manifest,
     zip_crc_ok,
 )
 from cad3d.training.run_files import RUN_STATE_KIND, prune_run_states, run_state_files
+from cad3d.training.run_lock import pid_alive
 from cad3d.training.tasks.base import CheckpointSchema
 
 logger = logging.getLogger(__name__)
@@ -203,11 +206,20 @@ class CheckpointManager:
         return out
 
     def _write(self, name: str, payload: dict) -> Path:
-        """Publish one checkpoint file, keeping the manifest invariant (see the module doc)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Publish one checkpoint file, keeping the manifest invariant (see the module doc). A
+        failed write (a full disk...) is a `CheckpointError` saying so; the file that was at
+        ``name`` is then untouched."""
         path = self.directory / name
+        existed = path.exists()
+        intact = f"the previous {name} is intact" if existed else f"the checkpoints already in {self.directory} are intact"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_path(path)
+        except OSError as exc:
+            raise write_failure(path, exc, intact=intact) from None
         meta = payload[META_KEY]
-        tmp = _temp_path(path)
+        files = self._manifest["files"]
+        before = files.get(name)
         try:
             with open(tmp, "wb") as f:
                 hw = _HashingWriter(f)
@@ -215,24 +227,30 @@ class CheckpointManager:
                 f.flush()
                 os.fsync(f.fileno())
             entry = _manifest_entry(hw.sha.hexdigest(), tmp.stat().st_size, meta)
-            files = self._manifest["files"]
-            previous = files.get(name)
-            if previous and previous.get("pending"):
-                previous = previous.get("previous")
-            if not path.exists():
+            previous = before.get("previous") if before and before.get("pending") else before
+            if not existed:
                 previous = None
             elif previous is None:  # a file the manifest does not list: accept its bytes meanwhile
                 previous = {"sha256": sha256_file(path)}
             files[name] = {**entry, "pending": True, "previous": previous}
             self._write_manifest()  # 2. the new hash is accepted before the bytes appear
             os.replace(tmp, path)  # 3. commit point
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if before is None:
+                files.pop(name, None)
+            else:
+                files[name] = before  # what the manifest on disk accepts too (the old bytes)
+            if isinstance(exc, Exception):
+                raise write_failure(path, exc, intact=intact) from None
             raise
         _fsync_dir(self.directory)
         files[name] = entry
         self._update_best_from_entry(name, entry)
-        self._write_manifest()  # 4. resolved
+        try:
+            self._write_manifest()  # 4. resolved
+        except CheckpointError as exc:  # the pending entry on disk accepts the new bytes
+            raise write_failure(path, exc, intact=f"{name} was saved whole, earlier files are intact") from None
         logger.debug("saved checkpoint %s (%s)", path, entry["sha256"][:12])
         return path
 
@@ -398,20 +416,31 @@ class CheckpointManager:
         return removed
 
     def find_resume(self) -> Path | None:
-        """The newest complete, valid checkpoint by ``(global_step, epoch)`` from its metadata
-        (not mtime), or None. Invalid files are skipped with a warning naming them."""
-        ranked = []
+        """The newest complete, valid checkpoint (see `resume_choice`), or None; each file
+        passed over is warned about, naming it and why."""
+        path, rejected = self.resume_choice()
+        for bad, why in rejected:
+            warnings.warn(f"skipping checkpoint for resume: {bad}: {why}", stacklevel=2)
+        return path
+
+    def resume_choice(self) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """``(path, rejected)``: the newest checkpoint to resume from by ``(global_step, epoch)``
+        from its metadata (not mtime), or None; and every file passed over before it (or at all,
+        when None) with the reason — unreadable, no epoch/step, a final model, tampered, no
+        resume state."""
+        ranked, rejected = [], []
         for path in self.candidates():
             try:
                 meta = read_metadata(path)
             except CheckpointError as exc:
-                warnings.warn(f"skipping checkpoint for resume: {exc}", stacklevel=2)
+                rejected.append((path, strip_path(str(exc), path)))
                 continue
             if meta.get("file_kind") == "final":
+                rejected.append((path, "a final model, not a point to resume from"))
                 continue
             step, epoch = meta.get("global_step"), meta.get("epoch")
             if not isinstance(step, int) or not isinstance(epoch, int):
-                warnings.warn(f"skipping checkpoint for resume: {path}: metadata has no epoch/global_step", stacklevel=2)
+                rejected.append((path, "metadata has no epoch/global_step"))
                 continue
             # Same step: prefer a finished epoch, then last > epoch > best (same state, but the
             # ones written first each epoch are the most likely to carry full resume state).
@@ -422,26 +451,28 @@ class CheckpointManager:
         for _, path in ranked:
             problem = self._integrity_problem(path)
             if problem is None:
-                return path
-            warnings.warn(f"skipping checkpoint for resume: {path}: {problem}", stacklevel=2)
-        return None
+                return path, rejected
+            rejected.append((path, problem))
+        return None, rejected
 
     def _integrity_problem(self, path: Path) -> str | None:
         """Why a file cannot be trusted (hash/CRC/load), or None."""
-        entry = read_manifest(self.directory)["files"].get(path.name)
-        if entry:
-            if sha256_file(path) not in accepted_hashes(entry):
-                return f"sha256 does not match {MANIFEST_NAME} (tampered or partly written)"
-            payload = _load_mmap(path)
-        else:
-            if zip_crc_ok(path) is False:
-                return "zip CRC check failed (corrupt or tampered)"
-            try:
+        try:
+            entry = read_manifest(self.directory)["files"].get(path.name)
+            if entry:
+                if sha256_file(path) not in accepted_hashes(entry):
+                    return f"sha256 does not match {MANIFEST_NAME} (tampered or partly written)"
+                payload = _load_mmap(path)
+            else:
+                if zip_crc_ok(path) is False:
+                    return "zip CRC check failed (corrupt or tampered)"
                 payload = _torch_load(path, map_location="cpu")
-            except CheckpointError as exc:
-                return str(exc)
+        except CheckpointError as exc:
+            return strip_path(str(exc), path)
+        except OSError as exc:
+            return f"cannot read it ({exc.strerror or exc})"
         if RESUME_KEY not in payload:
-            return f"no {RESUME_KEY!r} resume state"
+            return f"no {RESUME_KEY!r} resume state (e.g. a migrated file: resume from it by path with --resume PATH)"
         return None
 
 
@@ -461,18 +492,7 @@ def _manifest_entry(sha256: str, size: int, meta: Mapping[str, Any]) -> dict:
 
 def _pid_alive_in_name(name: str) -> bool:
     m = re.search(re.escape(_TMP_MARK) + r"(\d+)-", name)
-    if not m:
-        return False
-    pid = int(m.group(1))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return bool(m) and (int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))))
 
 
 def _resolved(entry: Mapping[str, Any]) -> dict:

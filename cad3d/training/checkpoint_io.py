@@ -11,10 +11,12 @@ file and the cause.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import hashlib
 import json
 import logging
+import os
 import pickle
 import platform
 import subprocess
@@ -175,7 +177,41 @@ def read_manifest(directory) -> dict:
 
 
 def write_manifest(directory, manifest: dict) -> None:
-    atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        atomic_write_json(path, manifest)
+    except OSError as exc:
+        raise write_failure(path, exc, intact=f"the previous {MANIFEST_NAME} is intact") from None
+
+
+def _errno_in_chain(exc: BaseException | None) -> int | None:
+    """The errno of the first OSError in an exception's cause/context chain. torch's zip writer
+    turns the OSError of a full disk into a RuntimeError ("unexpected pos ...") raised while
+    handling it, so the errno is only found on ``__context__``."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def write_cause(exc: BaseException) -> str:
+    """Why a write failed, in words: a full disk or quota said as such."""
+    code = _errno_in_chain(exc)
+    if code == errno.ENOSPC:
+        return "the disk is full (no space left on device)"
+    if code == getattr(errno, "EDQUOT", -1):
+        return "the disk quota is exceeded"
+    return os.strerror(code) if code is not None else _first_line(exc)
+
+
+def write_failure(path, exc: BaseException, *, intact: str) -> CheckpointError:
+    """The `CheckpointError` for a failed write of ``path``: the cause (`write_cause`) and
+    ``intact``, what is still safe (e.g. "the previous vae_last.pth is intact")."""
+    no_space = _errno_in_chain(exc) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    return CheckpointError(f"{path}: cannot save: {write_cause(exc)}; {intact}" + ("; free some space and run again" if no_space else ""))
 
 
 def accepted_hashes(entry: Mapping[str, Any] | None) -> set[str]:
@@ -242,7 +278,10 @@ def _torch_load(path: Path, *, map_location, mmap: bool = False) -> Any:
         raise CheckpointError(f"{path}: not a file")
     if size == 0:
         raise CheckpointError(f"{path}: checkpoint is empty (0 bytes): an interrupted or failed write")
-    head = _read_head(path)
+    try:
+        head = _read_head(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
     is_zip = head == _ZIP_MAGIC
     if not is_zip and not head.startswith(b"\x80"):
         raise CheckpointError(
@@ -265,8 +304,12 @@ def _torch_load(path: Path, *, map_location, mmap: bool = False) -> Any:
                 f"will not be loaded ({cause})"
             ) from None
         raise CheckpointError(f"{path}: corrupt checkpoint: cannot unpickle it ({cause})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes torch's readers fail in any way
+        # (IndexError, AssertionError, struct.error... from the legacy unpickler; RuntimeError
+        # from the zip reader; MemoryError from a size field gone wild): all are "corrupt".
         cause = _first_line(exc)
+        if not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)):
+            cause = f"{type(exc).__name__}: {cause}"
         if is_zip:
             raise CheckpointError(f"{path}: truncated or corrupt checkpoint (zip archive unreadable: {cause})") from None
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({cause})") from None
@@ -282,8 +325,11 @@ def zip_crc_ok(path) -> bool | None:
         with zipfile.ZipFile(path) as z:
             return z.testzip() is None
     except zipfile.BadZipFile:
-        return False if _read_head(Path(path)) == _ZIP_MAGIC else None
-    except (OSError, EOFError, RuntimeError, ValueError):
+        try:
+            return False if _read_head(Path(path)) == _ZIP_MAGIC else None
+        except OSError:
+            return False
+    except Exception:  # noqa: BLE001 - zlib.error, NotImplementedError (a flipped method byte)...
         return False
 
 
@@ -304,9 +350,36 @@ def _check_structure(payload: Any, path: Path, expected_task: str | None) -> dic
             f"{path}: checkpoint schema_version {version} is newer than this cad3d supports ({SCHEMA_VERSION}); "
             "upgrade cad3d"
         )
+    problem = _metadata_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: corrupt 'cad3d_meta': {problem}")
     if expected_task is not None and meta.get("task") != expected_task:
         raise CheckpointError(f"{path}: checkpoint is for task {meta.get('task')!r}, expected {expected_task!r}")
     return meta
+
+
+# The fields readers format or compare, with the types `build_metadata` writes (None allowed).
+_META_TYPES = {"task": str, "file_kind": str, "device": str, "precision": str, "created": str, "epoch": int,
+               "global_step": int, "world_size": int, "epoch_complete": bool, "metrics": dict, "versions": dict,
+               "config": dict}
+
+
+def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with the types of a metadata dict (a damaged file can unpickle to anything)."""
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+            return f"{key!r} is {type(value).__name__}, expected {kind.__name__}"
+    for name, value in (meta.get("metrics") or {}).items():
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"metric {name!r} is {type(value).__name__}, expected a number"
+    return None
+
+
+def strip_path(message: str, path) -> str:
+    """An error message without its leading "<path>: " (for a caller that names the file itself)."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def environment_differences(meta: Mapping[str, Any]) -> list[str]:
@@ -344,7 +417,10 @@ def load_checkpoint(
     path = Path(path)
     mismatch = None
     if verify_hash and path.is_file():
-        status, actual = hash_status(path)
+        try:
+            status, actual = hash_status(path)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
         if status == "mismatch":
             mismatch = actual
         elif status == "unlisted" and zip_crc_ok(path) is False:

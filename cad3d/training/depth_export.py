@@ -193,6 +193,22 @@ def export_depth_onnx(
     return ExportResult(path=path, sidecar=sidecar, max_abs_diff=diff, tolerance=tolerance)
 
 
+def publish_export(result: ExportResult, dest: str | os.PathLike) -> Path:
+    """Copy an export (sidecar first, then the model, each atomically, as `export_depth_onnx`
+    publishes) to ``dest``, e.g. ``models/cad3d_depth_256.onnx`` where the converter looks.
+    Returns ``dest``; an unwritable place is an OSError naming it."""
+    import json
+
+    from cad3d.io import atomic_write_bytes, atomic_write_json
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = json.loads(result.sidecar.read_text(encoding="utf-8"))
+    atomic_write_json(sidecar_path(dest), {**sidecar, "model": dest.name})
+    atomic_write_bytes(dest, result.path.read_bytes())
+    return dest
+
+
 def export_depth_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike = DEFAULT_ONNX_PATH, **kwargs) -> ExportResult:
     """`export_depth_onnx` of the network in a depth checkpoint (e.g. ``depth_best.pth``)."""
     from cad3d.training.loader import load_trained

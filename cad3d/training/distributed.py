@@ -11,12 +11,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from cad3d.errors import Cad3dError
+
+T = TypeVar("T")
+
 logger = logging.getLogger(__name__)
+
+
+class RankFailed(Cad3dError):
+    """Another rank failed at a point where all ranks must agree; this rank stops cleanly too."""
 
 
 @dataclass(frozen=True)
@@ -95,3 +103,49 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself in a world of one)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def on_main(fn: Callable[[], T], info: DistInfo, what: str) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result (a collective: it also waits for
+    rank 0, like a barrier). If it fails, rank 0 raises its error and the other ranks raise
+    `RankFailed` naming it: all stop at once instead of waiting in the next collective."""
+    result: Any = None
+    error: Optional[BaseException] = None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error = exc
+    outcome = broadcast_object((None, result) if error is None else (f"{type(error).__name__}: {error}", None), info)
+    if error is not None:
+        raise error
+    if outcome[0] is not None:
+        raise RankFailed(f"rank 0 failed {what}: {outcome[0]}")
+    return outcome[1]
+
+
+def on_all(fn: Callable[[], T], info: DistInfo, what: str) -> T:
+    """Run ``fn`` on every rank; if it fails on any, every rank raises (its own error, or
+    `RankFailed` naming the first rank that failed and why)."""
+    result: Any = None
+    error: Optional[BaseException] = None
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks know
+        error = exc
+    failures = gather_objects(None if error is None else f"{type(error).__name__}: {error}", info)
+    if error is not None:
+        raise error
+    for rank, failure in enumerate(failures):
+        if failure is not None:
+            raise RankFailed(f"rank {rank} failed {what}: {failure}")
+    return result

@@ -6,8 +6,10 @@
 The engine owns epochs and steps, the optimizer and LR schedule, clipping, autocast, compile,
 seeding, progress bars (rank 0), JSON logs, TensorBoard, checkpoints (`CheckpointManager`),
 resume, SIGTERM/SIGINT, DDP under torchrun and an EMA of the weights (``ema_decay``; validation
-then scores the EMA weights). Invariants: a task's randomness comes only from
-``StepContext.generator``; the data order is a function of (seed, epoch); every state that
+then scores the EMA weights); the run folder (`run_folder`: its writer lock, a fresh start or the
+file to resume, decided by rank 0; a failed save on rank 0 stops every rank at once). Invariants:
+a task's randomness comes only from ``StepContext.generator``; the data order is a function of
+(seed, epoch); every state that
 decides the next step is in the checkpoint, so an interrupted-and-resumed CPU run ends
 bit-identical to an uninterrupted one. A signal saves ``last`` after the current step and `fit`
 raises `TrainingInterrupted`; ``max_steps`` saves the same way and returns the report.
@@ -32,15 +34,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cad3d.devices import resolve_device
-from cad3d.io import atomic_write_json
 from cad3d.training import distributed as D
-from cad3d.training.checkpoint import CheckpointManager
 from cad3d.training.ema import ema_weights, make_ema
 from cad3d.training.rng import loader_seed, seed_everything, seed_worker
 from cad3d.training.sampler import ResumableSampler
 from cad3d.training.engine_config import PRECISIONS, EngineConfig, TrainingConfigError, TrainingInterrupted
-from cad3d.training.run_state import EpochSums, Progress, make_grad_scaler, restore_run, run_payload
-from cad3d.training.tasks.base import StepContext, TrainTask
+from cad3d.training.run_folder import load_resume, open_run, write_run_json
+from cad3d.training.run_state import EpochSums, Progress, make_grad_scaler, run_payload
+from cad3d.training.tasks.base import StepContext, TrainEndError, TrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Engine:
         self.out_dir = Path(self.config.out_dir)
         self._stop_signal: Optional[int] = None
         self._previous_handlers: dict[int, Any] = {}
+        self.lock = None  # the run folder's writer lock (rank 0, during fit)
+        self.resumed_from: Optional[Path] = None
 
     # -- public ---------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -74,6 +77,9 @@ class Engine:
                 self._restore_signal_handlers()
                 if getattr(self, "_tb", None) is not None:
                     self._tb.close()
+                if self.lock is not None:
+                    self.lock.release()
+                    self.lock = None
         finally:
             D.destroy_distributed(self.dist)
 
@@ -99,9 +105,7 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = make_grad_scaler(self.device, cfg.precision)
         self.generator = torch.Generator(device=self.device)
-        self.manager = CheckpointManager(self.out_dir, task.schema, keep_last=cfg.keep_last, is_writer=info.is_main)
-        if not cfg.resume:
-            self._prepare_fresh_out_dir()  # before anything is written to out_dir
+        self._resume_choice = open_run(self)  # lock, then fresh start or what to resume: before any write
         self.loader = self._loader(self.train_dataset, self.sampler, cfg.drop_last)
         self.val_loader = None
         if self.val_dataset is not None and len(self.val_dataset) > 0:
@@ -152,49 +156,14 @@ class Engine:
             wrapped[name] = w
         return wrapped
 
-    # -- fresh start and resume -------------------------------------------------------------
-    def _prepare_fresh_out_dir(self) -> None:
-        """A fresh run must not mix with an earlier one in ``out_dir``: checkpoints of this model
-        there are an error, or deleted first with ``overwrite`` (with the epoch log, the report and
-        the manifest's best). Rank 0 deletes; every rank waits for it."""
-        cfg, info, task = self.config, self.dist, self.task
-        existing = self.manager.existing_files()
-        if D.any_rank(bool(existing) and not cfg.overwrite, info, self.device):
-            newest = f"; newest: {existing[-1].name}" if existing else ""
-            raise TrainingConfigError(
-                f"{self.out_dir} already holds {len(existing) or 'some'} checkpoint file(s) of {task.name}{newest}. "
-                "Continue that run with --resume auto (resume='auto'), choose another --out, or pass --overwrite "
-                "(overwrite=True) to delete them and start fresh"
-            )
-        if info.is_main:
-            removed = self.manager.clear()
-            if existing:
-                logger.warning("overwrite: deleted %d earlier file(s) of %s in %s", len(removed), task.name, self.out_dir)
-        D.barrier(info)
-
-    def _resume_path(self) -> Optional[Path]:
-        resume = self.config.resume
-        if not resume:
-            return None
-        if resume == "auto":
-            path = self.manager.find_resume()
-            if path is None:
-                logger.info("no checkpoint to resume in %s: starting fresh", self.out_dir)
-            return path
-        path = Path(resume)
-        if not path.is_file():
-            raise TrainingConfigError(f"resume checkpoint {path} does not exist")
-        return path
-
     # -- the loop -------------------------------------------------------------------------
     def _fit(self) -> dict:
         cfg, info = self.config, self.dist
         self._setup()
         progress = Progress()
         sums = EpochSums(self.device)
-        resume_path = self._resume_path()
-        if resume_path is not None:
-            restore_run(self, resume_path, progress, sums)
+        if self._resume_choice is not None:
+            self.resumed_from = load_resume(self, self._resume_choice, progress, sums)
         else:
             seed_everything(cfg.seed + info.rank)
             self.generator.manual_seed(cfg.seed + info.rank)
@@ -291,8 +260,9 @@ class Engine:
         progress.epoch_elapsed = time.time() - epoch_start
         self._tick(progress)
         payload = run_payload(self, progress, sums, epoch=epoch, complete=False, metrics={})
-        path = self.manager.save_last(payload, epoch=epoch, global_step=progress.global_step)
-        D.barrier(info)
+        path = D.on_main(lambda: self.manager.save_last(payload, epoch=epoch, global_step=progress.global_step), info,
+                         "saving the checkpoint")
+        path = path if info.is_main else None
         if stop == "signal":
             if info.is_main:
                 logger.warning("stopped by %s after step %d; saved %s", signal.Signals(self._stop_signal).name, progress.global_step, path)
@@ -320,12 +290,14 @@ class Engine:
         progress.batch_in_epoch = 0
         progress.epoch_elapsed = 0.0
         sums = EpochSums(self.device)
-        if info.is_main:
-            self._log_epoch(entry, progress.epoch_log)
         self._tick(progress)
         payload = run_payload(self, progress, sums, epoch=epoch, complete=True, metrics=metrics)
-        self.manager.save_epoch(payload, epoch=epoch, global_step=progress.global_step, metrics=metrics)
-        D.barrier(info)
+
+        def save() -> None:  # rank 0; every rank stops if it fails (e.g. a full disk)
+            self._log_epoch(entry, progress.epoch_log)
+            self.manager.save_epoch(payload, epoch=epoch, global_step=progress.global_step, metrics=metrics)
+
+        D.on_main(save, info, f"saving the checkpoint of epoch {epoch}")
         if self._stop_reason(progress) == "signal":  # also a signal that came during validation
             path = self.out_dir / task.schema.last_file if info.is_main else None
             if info.is_main:
@@ -334,16 +306,30 @@ class Engine:
         return sums
 
     def _finish(self, progress: Progress, sums: EpochSums, completed: bool) -> dict:
-        """The training report; a completed run also saves its final checkpoint and report file."""
-        info = self.dist
+        """The training report; a completed run also saves its final checkpoint and report file.
+        Then (rank 0) the task's `on_train_end` (e.g. an export): its failure is in the report
+        and raised, after every checkpoint is safe."""
         self._tick(progress)
         report = self._report(progress, completed)
+        final = None
         if completed:
             final = run_payload(self, progress, sums, epoch=progress.epoch - 1, complete=True, metrics=self._last_metrics(progress))
-            self.manager.save_final(final)
-            if info.is_main and self.task.schema.report_file:
-                atomic_write_json(self.out_dir / self.task.schema.report_file, report)
-            D.barrier(info)
+
+        def finish() -> None:
+            failure = None
+            if final is not None:
+                self.manager.save_final(final)
+            try:
+                report.update(self.task.on_train_end(self.out_dir, completed))
+            except TrainEndError as exc:
+                report.update(exc.report)
+                failure = exc
+            if completed and self.task.schema.report_file:
+                write_run_json(self.out_dir / self.task.schema.report_file, report)
+            if failure is not None:
+                raise failure
+
+        D.on_main(finish, self.dist, "finishing the run")
         return report
 
     def _tick(self, progress: Progress) -> None:
@@ -403,7 +389,7 @@ class Engine:
         """Write the whole epoch log atomically; TensorBoard scalars; one log line."""
         task = self.task
         if task.schema.epoch_log_file:
-            atomic_write_json(self.out_dir / task.schema.epoch_log_file, epoch_log)
+            write_run_json(self.out_dir / task.schema.epoch_log_file, epoch_log)
         if self._tb is not None:
             for k, v in entry.items():
                 if isinstance(v, float) and k != "time":
@@ -467,7 +453,10 @@ class Engine:
         if os.getpid() != self._handler_pid:
             return  # a forked DataLoader worker (it inherits the handler): the main process decides
         if self._stop_signal is not None:
-            raise KeyboardInterrupt  # a second signal: stop now
+            if self.dist.distributed:  # raising here could leave the other ranks inside a collective
+                logger.warning("received %s again: already stopping after this step (SIGKILL stops at once)", signal.Signals(signum).name)
+                return
+            raise KeyboardInterrupt  # a second signal in a world of one: stop now
         self._stop_signal = signum
         logger.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
 

@@ -50,7 +50,8 @@ class EngineConfig:
     ``batch_size`` is per process: under torchrun the global batch is ``batch_size * world_size``.
     ``grad_clip`` None or 0 disables clipping. ``resume``: None (fresh: ``out_dir`` must not hold
     checkpoints of this model yet, unless ``overwrite``), "auto" (newest valid checkpoint in
-    ``out_dir``, else fresh) or a checkpoint path. ``overwrite`` (fresh runs only): first delete
+    ``out_dir``; fresh when it holds none of this model; an error listing why when it holds some
+    but none can be resumed) or a checkpoint path. ``overwrite`` (fresh runs only): first delete
     ``out_dir``'s checkpoints, epoch log and report of this model. ``keep_last`` None keeps every
     epoch file.
     ``max_steps`` stops after that many optimizer steps in total (see the module doc).

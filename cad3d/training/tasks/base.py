@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from cad3d.config import config_from_dict
+from cad3d.errors import Cad3dError
 from cad3d.training.checkpoint_io import META_KEY
 
 _logger = logging.getLogger(__name__)
@@ -108,6 +109,14 @@ class StepContext:
     precision: str = "fp32"
     world_size: int = 1
     rank: int = 0
+
+
+class TrainEndError(Cad3dError):
+    """`TrainTask.on_train_end` failed (the checkpoints are saved); ``report`` says what failed."""
+
+    def __init__(self, message: str, report: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.report = dict(report or {})
 
 
 class TrainTask(abc.ABC):
@@ -245,6 +254,12 @@ class TrainTask(abc.ABC):
 
     def report_extras(self) -> dict[str, Any]:
         """Extra fields of the final training report."""
+        return {}
+
+    def on_train_end(self, out_dir: Path, completed: bool) -> dict[str, Any]:
+        """Rank 0, once, after the run's checkpoints are saved (``completed`` False: stopped at
+        ``max_steps`` before the last epoch): work on the trained modules, e.g. an export. Returns
+        report fields; raise `TrainEndError` (with its report fields) to fail the run."""
         return {}
 
     # -- verification (cad3d ckpt verify) ------------------------------------------------

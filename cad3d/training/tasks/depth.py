@@ -5,10 +5,14 @@
 writes ``trained_models/depth/``: ``depth_epoch_N.pth``, ``depth_best.pth`` (lowest val_loss),
 ``depth_last.pth``, ``depth_epoch_log.json`` and ``depth_training_report.json``; checkpoint keys
 epoch, global_step, model_state, optimizer_state, scheduler_state, val_loss, loss_history,
-model_config (+ the engine's ``cad3d_meta`` / resume state). At the end of training the final
-network is exported to ONNX (``config.onnx_path``, default ``models/cad3d_depth_256.onnx``, with
-the MiDaS v2.1 small contract; see `cad3d.models.depth_contract`); the report's ``onnx`` field says where,
-and how closely onnxruntime matched PyTorch.
+model_config (+ the engine's ``cad3d_meta`` / resume state). When training completes, the final
+network is exported to ONNX under the run's folder (``OUT/cad3d_depth_256.onnx`` and its sidecar,
+with the MiDaS v2.1 small contract; see `cad3d.models.depth_contract`) and, with
+``config.publish_onnx`` (``--publish-onnx``), also published there (e.g.
+``models/cad3d_depth_256.onnx``, where the converter looks). A run stopped by ``--max-steps``
+before its last epoch exports nothing (its weights are not the trained model); resuming it
+exports at the end. A failed export fails the run (exit 1) after the checkpoints are saved. The
+report's ``onnx`` field says what happened.
 
 Target and loss. MiDaS-style models output relative inverse depth (larger = closer, unknown scale
 and shift), so ours learns the same thing from the rendered camera depth ``c_z`` (world units,
@@ -29,7 +33,6 @@ and shift), so ours learns the same thing from the rendered camera depth ``c_z``
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -44,7 +47,7 @@ from cad3d.data.dataset import index_dataset, load_depth, load_drawing, load_lay
 from cad3d.geometry.camera import EYE_DISTANCE
 from cad3d.errors import DatasetError
 from cad3d.models.depth_net import DepthNet, DepthNetConfig, depth_presets
-from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
+from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainEndError, TrainTask, register_task
 from cad3d.training.tasks.splits import split_datasets
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,8 @@ class DepthTaskConfig:
     fg_weight: float = 1.0  # weight of the foreground/background hinge
     layer_weight: float = 1.0  # weight of the layered-depth terms (model.layers > 0)
     augment: bool = True
-    onnx_path: Optional[str] = "models/cad3d_depth_256.onnx"  # exported at the end; None = no export
+    export_onnx: bool = True  # at the end of a completed run: OUT/cad3d_depth_256.onnx
+    publish_onnx: Optional[str] = None  # and a copy here (e.g. models/cad3d_depth_256.onnx)
 
 
 def inverse_depth_target(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +220,6 @@ class DepthTask(TrainTask):
         super().__init__(config)
         self._model: nn.Module | None = None  # the module built for the engine (exported at the end)
         self._val_chamfer: list[tuple[float, int]] = []
-        self._rank = 0
 
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> "DepthTask":
@@ -261,7 +264,6 @@ class DepthTask(TrainTask):
         return loss + self.config.layer_weight * (l1 + bce), parts, (layer_depth, logits)
 
     def training_step(self, modules: Mapping[str, nn.Module], batch: Any, ctx: StepContext):
-        self._rank = ctx.rank
         loss, parts, _ = self._loss(modules["model"], batch)
         return loss, parts
 
@@ -277,25 +279,39 @@ class DepthTask(TrainTask):
         self._val_chamfer = []  # (score, batch size) of this epoch's validation: stored with the export
 
     # -- end of training: ONNX ---------------------------------------------------------
-    def report_extras(self) -> dict[str, Any]:
-        """Exports the trained network to ``config.onnx_path`` (rank 0; the engine calls this
-        once, at the end of training, with the final weights). An export failure does not lose
-        the training: it is logged and reported under ``onnx.error`` (retry with
+    def on_train_end(self, out_dir: Path, completed: bool) -> dict[str, Any]:
+        """Export the final network to ``out_dir/cad3d_depth_256.onnx`` (then publish it to
+        ``config.publish_onnx``) when training completed; say why not otherwise. A failed export
+        raises `TrainEndError` (the checkpoints are saved: export again later with
         `cad3d.training.depth_export.export_depth_checkpoint` on ``depth_best.pth``)."""
-        if not self.config.onnx_path or self._model is None or self._rank != 0 or os.environ.get("RANK", "0") != "0":
-            return {"onnx": None}
-        from cad3d.training.depth_export import export_depth_onnx
+        from cad3d.models.depth_contract import OUR_MODEL_NAME
+        from cad3d.training.depth_export import export_depth_onnx, publish_export
 
+        if not self.config.export_onnx or self._model is None:
+            return {"onnx": None}
+        if not completed:
+            why = ("not exported: training stopped at max_steps before its last epoch; resume it with --resume auto "
+                   "(it exports when done) or export depth_best.pth with export_depth_checkpoint")
+            logger.info("ONNX %s", why)
+            return {"onnx": {"skipped": why}}
+        path = Path(out_dir) / OUR_MODEL_NAME
         try:
             info: dict[str, Any] = {"task_config": self.config_dict()}
             if self._val_chamfer:  # the converter's `auto` compares paths by this score
                 info["val_chamfer"] = sum(c * n for c, n in self._val_chamfer) / sum(n for _, n in self._val_chamfer)
-            result = export_depth_onnx(self._model, self.config.onnx_path, extra_info=info)
-        except Exception as exc:  # noqa: BLE001 - reported, the checkpoints are already saved
-            logger.error("ONNX export to %s failed: %s", self.config.onnx_path, exc)
-            return {"onnx": {"path": str(self.config.onnx_path), "error": str(exc)}}
-        logger.info("exported %s (max |onnx - torch| %.2g)", result.path, result.max_abs_diff)
-        return {"onnx": {"path": str(result.path), "sidecar": str(result.sidecar), "max_abs_diff": result.max_abs_diff}}
+            result = export_depth_onnx(self._model, path, extra_info=info)
+            published = publish_export(result, self.config.publish_onnx) if self.config.publish_onnx else None
+        except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime fail in many ways
+            target = self.config.publish_onnx if path.is_file() else path
+            raise TrainEndError(
+                f"ONNX export to {target} failed ({exc}); the checkpoints in {out_dir} are saved: export "
+                f"{Path(out_dir) / self.schema.best_file} with cad3d.training.depth_export.export_depth_checkpoint",
+                {"onnx": {"path": str(path), "error": str(exc)}},
+            ) from None
+        logger.info("exported %s (max |onnx - torch| %.2g)%s", result.path, result.max_abs_diff,
+                    f"; published {published}" if published else "")
+        return {"onnx": {"path": str(result.path), "sidecar": str(result.sidecar), "max_abs_diff": result.max_abs_diff,
+                         "published": str(published) if published else None}}
 
     # -- verification -------------------------------------------------------------------
     def example_batch(self, batch_size: int = 2, generator: torch.Generator | None = None):
