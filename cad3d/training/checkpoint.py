@@ -1,21 +1,10 @@
 """The checkpoint manager of a run folder: atomic publish, the sha256 manifest kept true,
 best/last/epoch files, retention and finding the file to resume from.
 
-Crash safety. Every file is written to a temp file in the same folder, fsynced, and published
-with ``os.replace`` (the commit point). The manifest ``checkpoints_manifest.json`` lists the
-sha256 of every file we wrote. Invariant: *at every instant, the manifest's entry for a name
-accepts the bytes currently at that name*. To keep it across a kill, a save runs:
-
-1. write + fsync the temp file (its sha256 is computed while writing);
-2. write the manifest with the entry marked ``pending``: the new hash, and the previous entry
-   (the bytes still on disk) kept under ``"previous"``;
-3. ``os.replace(temp, name)``, fsync the folder;
-4. write the manifest with the entry resolved (no ``pending``/``previous``).
-
-A reader accepts a file whose hash is the entry's ``sha256`` or, while pending, the previous
-one; anything else is tampered or partial. A writer resolves pending entries on start by
-hashing the file. Deletion is file first, then manifest (an entry without a file is ignored),
-and a file is deleted only after its replacement is published (save before delete).
+Invariant: at every instant, the manifest's entry for a name accepts the bytes at that name. A
+save writes and fsyncs a temp file, records the new hash as ``pending`` (keeping the previous
+entry), renames, fsyncs the folder, then resolves the entry; a reader accepts the entry's hash or,
+while pending, the previous one. Files are deleted only after their replacement is published.
 """
 
 from __future__ import annotations
@@ -114,10 +103,6 @@ class CheckpointManager:
             self._best_from_file()
 
     # -- manifest -----------------------------------------------------------------------
-    @property
-    def manifest_path(self) -> Path:
-        return self.directory / MANIFEST_NAME
-
     def _write_manifest(self) -> None:
         self._manifest["schema_version"] = SCHEMA_VERSION
         # Saving policy, so `cad3d ckpt verify` can tell expected gaps from missing files.
