@@ -5,15 +5,11 @@ from __future__ import annotations
 import sys
 
 from cad3d.cli._args import converter_options, make_converter, positive_int
+from cad3d.cli._help import DESCRIPTIONS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "convert", help="convert drawings to point clouds",
-        description="Convert drawings (files or folders of images) to point clouds with whatever trained "
-                    "weights exist: diffusion, else ViT, else depth lifting (an ONNX depth model in --models-dir), "
-                    "else a geometric fallback. Writes DIR/<name>.<format> and DIR/<name>_preview.png. Each bad "
-                    "input is reported and skipped; the exit code is 1 if any input failed.")
+    p = sub.add_parser("convert", help="convert drawings to point clouds", description=DESCRIPTIONS["convert"])
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="drawing files or folders of drawings")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", choices=["auto", "diffusion", "vit", "depth", "geometric"], default="auto",

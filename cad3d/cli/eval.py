@@ -5,24 +5,15 @@ from __future__ import annotations
 import sys
 
 from cad3d.cli._args import converter_options, make_converter, positive_int
+from cad3d.cli._help import DESCRIPTIONS
 
 # cad3d.evaluation.evaluate.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
 # (tests/test_cli_args.py checks that the two agree).
-ALL_METHODS = ("diffusion", "vit", "depth", "geometric", "retrieval", "mean")
+ALL_METHODS = ("diffusion", "vit", "depth", "geometric", "retrieval", "mean", "oracle")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "eval", help="score conversion paths and baselines on a dataset split",
-        description="Convert the drawings of one split with every conversion path that has weights (diffusion, "
-                    "vit, depth lifting with an ONNX model, geometric) and the baselines (retrieval: the training "
-                    "cloud whose drawing looks most alike; mean: the medoid training cloud), and score each against "
-                    "the ground truth: Chamfer-L2, F-score at 1% and 2% of the bounding diagonal, overall and per "
-                    "part family, and seconds per drawing. Writes DIR/eval.json, DIR/eval.md, DIR/eval_examples.png "
-                    "and DIR/loss_<run>.png for each training run under --runs, and prints the table. "
-                    "Unseen part types: make the training set without some families (cad3d data synth --families "
-                    "<the others>), train on it, then evaluate a dataset of the held-out families with "
-                    "--split all --train-data TRAIN_SET --families a,b.")
+    p = sub.add_parser("eval", help="score conversion paths and baselines on a dataset split", description=DESCRIPTIONS["eval"])
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder to evaluate")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="split to evaluate (default test; all: every sample, e.g. of a held-out-families dataset)")

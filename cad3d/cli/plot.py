@@ -3,15 +3,11 @@ evaluation from its eval.json, as PNG or SVG (matplotlib, `cad3d.evaluation.plot
 
 from __future__ import annotations
 
+from cad3d.cli._help import DESCRIPTIONS
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "plot", help="plot training loss curves and evaluation charts",
-        description="Draw the curves of a training run folder from its epoch log (training_history.json, "
-                    "vae_epoch_log.json, depth_epoch_log.json, else the loss_history of training_report.json): "
-                    "train and validation loss per epoch, the learning rate and each part of the loss when logged. "
-                    "A folder holding several runs (e.g. trained_models/) gets one figure per run. A folder holding "
-                    "an eval.json (cad3d eval) gets its chart: Chamfer-L2 and F-score per method and per family.")
+    p = sub.add_parser("plot", help="plot training loss curves and evaluation charts", description=DESCRIPTIONS["plot"])
     p.add_argument("run_dir", metavar="DIR", help="a training run folder, a folder of run folders, or an eval folder")
     p.add_argument("-o", "--output", default=None, metavar="PATH",
                    help="file for one figure, or a folder for several (default: loss_curves.<format> in each run "

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
-from cad3d.cli._args import model_weight_options, non_negative_int, positive_float, positive_int
+from cad3d.cli._args import (
+    model_weight_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from cad3d.cli._help import DESCRIPTIONS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "serve", help="serve the web app: convert drawings in a browser",
-        description="Start a local web app: upload drawings (or pick examples), choose the method, points, steps "
-                    "and guidance, and see each cloud in an interactive 3D view with PLY/OBJ/NPY/GLB downloads; a "
-                    "second tab shows the evaluation (--eval-dir) and the loss curves of the runs in --runs-dir. The "
-                    "converter is loaded once, with whatever weights exist, like cad3d convert. Binds to 127.0.0.1 "
-                    "unless --host says otherwise; no public share link.")
+    p = sub.add_parser("serve", help="serve the web app: convert drawings in a browser", description=DESCRIPTIONS["serve"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                                                        "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=non_negative_int, default=7860, help="port (default 7860; 0 = any free port)")
