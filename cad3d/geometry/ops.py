@@ -26,14 +26,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from cad3d.geometry._common import (
-    _as_batched,
-    _centered,
-    _check_pair,
-    _chunk_rows,
-    _gather_points,
-    _rank_block,
-)
+from cad3d.geometry._common import _as_batched, _centered, _check_pair, _chunk_rows, _gather_points, _rank_block
 from cad3d.geometry.camera import OrthoCamera
 from cad3d.geometry.fps import farthest_point_sample, farthest_point_sample_reference
 from cad3d.geometry.neighbors import ball_query, group_points, knn
