@@ -233,6 +233,21 @@ def test_fps_numba_equals_reference(gen, monkeypatch):
         np.testing.assert_array_equal(cpu_kernels.fps(big.numpy(), 700, 0, threads=threads), ref)
 
 
+def test_ops_without_numba_use_the_torch_code(gen, monkeypatch):
+    """When the CPU kernels cannot load, every op still answers (with the torch code)."""
+    import cad3d.geometry.fps as fps_mod
+    import cad3d.geometry.neighbors as nb_mod
+
+    monkeypatch.setattr(fps_mod, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(nb_mod, "cpu_kernels", lambda: None)
+    x = _rand(gen, 2, 80, 3)
+    assert torch.equal(farthest_point_sample(x, 20), farthest_point_sample_reference(x, 20))
+    with pytest.raises(ImportError):
+        farthest_point_sample(x, 20, backend="numba")
+    assert torch.equal(knn(x, x, 4)[1], knn(x, x, 4, backend="torch")[1])
+    assert torch.equal(ball_query(x, x, 0.3, 4), ball_query(x, x, 0.3, 4, backend="torch"))
+
+
 _TRITON_CHECK = """
 import torch
 from cad3d.geometry import fps_cuda

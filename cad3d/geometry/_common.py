@@ -66,10 +66,11 @@ def _gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def cpu_kernels():
     """The numba kernels (:mod:`cad3d.geometry.cpu_kernels`), or None (after one warning) when
-    numba is not installed; callers then use their torch code."""
+    numba is not installed or cannot cache (no writable cache directory); callers then use
+    their torch code."""
     try:
         from cad3d.geometry import cpu_kernels as kernels
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:
         warnings.warn(f"numba is unavailable ({e}); geometry ops use their slower torch code on CPU", RuntimeWarning, stacklevel=3)
         return None
     return kernels

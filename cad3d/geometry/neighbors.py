@@ -11,16 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cad3d.geometry._common import (
-    _as_batched,
-    _centered,
-    _check_pair,
-    _chunk_rows,
-    _gather_points,
-    _rank_block,
-    compute_dtype,
-    cpu_kernels,
-)
+from cad3d.geometry._common import _as_batched, _centered, _check_pair, _chunk_rows, _gather_points, _rank_block, compute_dtype, cpu_kernels
 
 BACKENDS = ("auto", "torch")
 

@@ -24,14 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from cad3d.geometry._common import (
-    _as_batched,
-    _centered,
-    _check_pair,
-    _chunk_rows,
-    _gather_points,
-    _rank_block,
-)
+from cad3d.geometry._common import _as_batched, _centered, _check_pair, _chunk_rows, _gather_points, _rank_block
 from cad3d.geometry.fps import farthest_point_sample, farthest_point_sample_reference
 from cad3d.geometry.neighbors import ball_query, group_points, knn
 

@@ -12,8 +12,8 @@ points also read the image feature map at their projection under the drawing's c
 Classifier-free guidance: samples whose condition is dropped (``drop`` mask) use a learned null
 image vector (and a learned null token); ``drop=None`` keeps every condition.
 
-All ops are batched (B, N, C) channel-last tensors; the only Python loops run over levels (and
-over the picks inside `farthest_point_sample`). Neighbourhoods are found under no_grad by
+All ops are batched (B, N, C) channel-last tensors; the only Python loop runs over levels
+(farthest point sampling and the neighbourhood queries are compiled kernels). Neighbourhoods are found under no_grad by
 `cad3d.geometry.ops` (the one geometry module); they depend on the points alone, so passes over
 the same points share them (`PointNet2UNet.geometry`). They cannot be kept across sampling
 steps: the points move at every step.
