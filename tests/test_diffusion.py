@@ -389,3 +389,26 @@ def test_refinement_starts_from_the_given_cloud():
     near = model.sample(images, steps=10, init=init, strength=0.02, seed=0)
     far = model.sample(images, steps=10, init=init, strength=1.0, seed=0)
     assert float(chamfer_distance(near, init)) < 0.1 * float(chamfer_distance(far, init))
+
+
+@pytest.mark.slow
+def test_the_hybrid_a_trained_vit_encodes_the_drawings(tiny_dataset, tmp_path, capsys):
+    """`cad3d train diffusion --vit-encoder` builds the diffusion model on the trained ViT (its
+    patch tokens are the projected features); the checkpoint rebuilds that model by itself."""
+    from cad3d.cli import main
+    from cad3d.models.image_encoders import ViTImageEncoder
+    from cad3d.training.loader import load_trained
+
+    common = ["--data", str(tiny_dataset), "--preset", "tiny", "--device", "cpu", "--epochs", "1", "--max-steps", "1",
+              "--no-progress"]
+    assert main(["train", "vit", "--out", str(tmp_path / "vit"), *common]) == 0
+    vit_file = tmp_path / "vit" / "checkpoint_last.pth"
+    assert main(["train", "diffusion", "--out", str(tmp_path / "diffusion"), "--vit-encoder", str(vit_file), *common]) == 0
+    trained = load_trained(tmp_path / "diffusion" / "diffusion_last.pth")
+    model = trained.model
+    assert isinstance(model.image_encoder, ViTImageEncoder) and model.unet.config.proj_dim == model.image_encoder.fmap_dim
+    images = torch.ones(1, 3, model.config.image_size, model.config.image_size)
+    assert model.sample(images, steps=2, num_points=64).shape == (1, 64, 3)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "vae", "--out", str(tmp_path / "vae"), "--vit-encoder", str(vit_file), *common])
+    assert info.value.code == 2 and "--vit-encoder is an option of the diffusion model" in capsys.readouterr().err

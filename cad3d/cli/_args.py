@@ -1,7 +1,7 @@
 """argparse ``type=`` helpers for numeric flags.
 
 A bad value raises `argparse.ArgumentTypeError`; argparse then prints the usage line and
-``argument --flag: <message>`` and exits with 2 (a usage error, SPEC §8) — no traceback, and no
+``argument --flag: <message>`` and exits with 2 (a usage error) — no traceback, and no
 value silently replaced.
 """
 

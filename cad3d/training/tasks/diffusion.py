@@ -149,7 +149,7 @@ class DiffusionTask(TrainTask):
     # -- config ------------------------------------------------------------------------
     def config_dict(self) -> dict:
         """The config as a plain dict, plus ``timesteps`` and ``num_points`` at the top (the
-        report's hyperparameters of seed 000)."""
+        report's hyperparameters in the reference layout)."""
         d = dataclasses.asdict(self.config)
         d["timesteps"] = self.config.model.schedule.timesteps
         d["num_points"] = self.config.model.num_points
