@@ -42,6 +42,7 @@ METHODS = ("diffusion", "vit", "depth", "geometric")
 DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
 DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
+_CPU_CLOUDS_PER_CALL = 32  # diffusion clouds per sampling call on the CPU (benchmarks/RESULTS.md, convert_profile)
 
 
 def _existing(path) -> Optional[Path]:
@@ -200,13 +201,17 @@ class HybridCAD3DConverter:
         model = self.diffusion
         native = model.config.num_points
         x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
-        # All rounds in one call: each drawing is encoded once and the U-Net runs on B * rounds clouds.
+        # All rounds of a drawing in one call, so it is encoded once; on the CPU a call holds at most
+        # _CPU_CLOUDS_PER_CALL clouds (larger batches were slower per cloud there: cache-bound).
         rounds = -(-n_pts // native)
         seeds = [[int(rng.integers(2**62)) for rng in rngs] for _ in range(rounds)]  # the order of one call per round
         x_T = torch.stack([torch.randn(native, 3, generator=torch.Generator().manual_seed(seeds[r][b]))
                            for b in range(len(rngs)) for r in range(rounds)]).to(self.device)  # (B * rounds, native, 3)
-        clouds = model.sample(x, steps=steps, guidance=guidance, x_T=x_T).float().cpu().numpy()  # (B * rounds, native, 3)
-        return list(clouds.reshape(len(rngs), rounds * native, 3))  # B x (rounds * native, 3)
+        per_call = len(rngs) if self.device.type != "cpu" else max(1, _CPU_CLOUDS_PER_CALL // rounds)  # drawings
+        clouds = [model.sample(x[i:i + per_call], steps=steps, guidance=guidance, x_T=x_T[i * rounds:(i + per_call) * rounds])
+                  for i in range(0, len(rngs), per_call)]  # (drawings * rounds, native, 3) each
+        out = torch.cat(clouds).float().cpu().numpy()
+        return list(out.reshape(len(rngs), rounds * native, 3))  # B x (rounds * native, 3)
 
     def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.config.image_size)
