@@ -71,9 +71,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="diffusion DDIM steps")
     parser.add_argument("--guidance", type=float, nargs="+", default=[None], help="diffusion guidance scales")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; 1 is steadier on a shared machine)")
     parser.add_argument("--section", default="convert", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from cad3d.conversion.drawing import read_drawing
     from cad3d.conversion.converter import METHODS, HybridCAD3DConverter
 

@@ -43,6 +43,7 @@ METHODS = ("diffusion", "vit", "depth", "geometric")
 DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
 DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
+_CPU_CLOUDS_PER_CALL = 32  # diffusion clouds per sampling call on the CPU (benchmarks/RESULTS.md, convert_profile)
 
 
 def weights_path(given, default):
@@ -247,8 +248,14 @@ class HybridCAD3DConverter:
         if self.refine_strength < 1.0 and self.depth is not None and self.depth.layered:
             init = torch.from_numpy(np.stack([self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)])).to(self.device)
             strength = self.refine_strength
-        out = model.sample(x, steps=steps, guidance=guidance, x_T=x_T, cams=cams, views=views, init=init, strength=strength)
-        return list(out.float().cpu().numpy())  # B x (N, 3)
+        # On the CPU a call holds at most _CPU_CLOUDS_PER_CALL clouds (larger batches were slower
+        # per cloud there: cache-bound).
+        per_call = len(images) if self.device.type != "cpu" else _CPU_CLOUDS_PER_CALL
+        out = [model.sample(x[i:i + per_call], steps=steps, guidance=guidance, x_T=x_T[i:i + per_call],
+                            cams=cams[i:i + per_call], views=views[i:i + per_call],
+                            init=None if init is None else init[i:i + per_call], strength=strength)
+               for i in range(0, len(images), per_call)]
+        return list(torch.cat(out).float().cpu().numpy())  # B x (N, 3)
 
     def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.config.image_size)
