@@ -29,7 +29,7 @@ def trained_runs(tiny_dataset, tmp_path_factory):
     for name in ("vit", "diffusion", "vae"):
         train_model(name, tiny_dataset, out_dir=runs / name, epochs=2, **common)
     onnx = root / "models" / "cad3d_depth_256.onnx"
-    train_model("depth", tiny_dataset, out_dir=runs / "depth", epochs=1, task_overrides={"onnx_path": str(onnx)}, **common)
+    train_model("depth", tiny_dataset, out_dir=runs / "depth", epochs=1, task_overrides={"publish_onnx": str(onnx)}, **common)
     return root
 
 
