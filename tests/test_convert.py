@@ -73,19 +73,21 @@ def test_vit_only(tiny_dataset, runs):
     assert not np.array_equal(res[0].points, res[1].points)  # the drawing matters
 
 
-def test_all_weights_prefer_diffusion_and_every_path_runs(tiny_dataset, runs):
+def test_all_weights_auto_follows_stored_scores_and_every_path_runs(tiny_dataset, runs):
     conv = HybridCAD3DConverter("cpu", vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
                                 enable_learning=False, depth_model_path=runs["depth"], num_points=600)
     assert conv.available_methods() == ["diffusion", "vit", "depth", "geometric"]
-    assert conv.resolve_method("auto") == "diffusion"
+    # Each trained path stored its validation Chamfer with its weights: auto takes the lowest.
+    assert {"vit", "diffusion"} <= set(conv.scores)
+    assert conv.resolve_method("auto") == min(conv.scores, key=conv.scores.get)
     for method in ("diffusion", "vit", "depth", "geometric"):
         res = conv.convert(drawing(tiny_dataset), method=method, steps=4)
         assert res.method == method
         check_cloud(res.points, 600)
     # Seeded sampling: same seed, same cloud; another seed, another cloud.
-    a = conv.convert(drawing(tiny_dataset), steps=4, seed=3).points
-    b = conv.convert(drawing(tiny_dataset), steps=4, seed=3).points
-    c = conv.convert(drawing(tiny_dataset), steps=4, seed=4).points
+    a = conv.convert(drawing(tiny_dataset), "diffusion", steps=4, seed=3).points
+    b = conv.convert(drawing(tiny_dataset), "diffusion", steps=4, seed=3).points
+    c = conv.convert(drawing(tiny_dataset), "diffusion", steps=4, seed=4).points
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -224,7 +226,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
     for key in ("dataset", "dataset preview", "depth ONNX", "converted ply", "converted preview", "evaluation"):
         assert Path(result.artefacts[key]).exists(), key
     assert set(result.reports) == {"vae", "vit", "diffusion", "depth"}
-    assert result.conversion["method"] == "diffusion"
+    assert result.conversion["method"] in ("diffusion", "vit", "depth")  # auto: the best stored validation score
+    assert result.conversion["trained"]
     assert (tmp_path / "outputs" / "eval" / "eval.md").is_file()
     assert {"diffusion", "vit", "depth", "geometric", "retrieval", "mean"} <= set(result.evaluation["methods"])
     assert "| method |" in result.evaluation_markdown

@@ -332,7 +332,10 @@ class DiffusionTask(TrainTask):
         with torch.no_grad():
             feats = modules["image_encoder"](images)
             t = torch.full((points.shape[0],), self.config.model.schedule.timesteps // 2, dtype=torch.long)
-            return modules["unet"](points, t, feats.vector, feats.tokens)  # (B, N, 3)
+            projection = None
+            if feats.fmap is not None:  # a projection-conditioned U-Net: iso drawings
+                projection = (feats.fmap, *iso_projection(points.shape[0]))
+            return modules["unet"](points, t, feats.vector, feats.tokens, None, projection)  # (B, N, 3)
 
 
 __all__ = ["DiffusionTask", "DiffusionTaskConfig"]
