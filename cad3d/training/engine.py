@@ -53,6 +53,9 @@ class Engine:
         self.task = task
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
+        if val_dataset is None and task.schema.monitor.startswith("val_"):
+            # Nothing to validate on: "best" follows the training loss rather than never existing.
+            task.schema = dataclasses.replace(task.schema, monitor="train_loss")
         self.config = config if config is not None else EngineConfig()
         self.out_dir = Path(self.config.out_dir)
         self._stop_signal: Optional[int] = None
