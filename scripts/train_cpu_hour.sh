@@ -34,7 +34,7 @@ train() { "$PY" -m cad3d train "$1" --data "$DATA" --out "trained_models/$1" --p
 train depth --epochs "${EPOCHS_DEPTH:-12}"
 train vit --epochs "${EPOCHS_VIT:-10}"
 train diffusion --epochs "${EPOCHS_DIFFUSION:-5}"
-ONNX=$(ls trained_models/depth/*.onnx models/*.onnx 2>/dev/null | head -n 1)
+ONNX=$(ls trained_models/depth/*.onnx models/*.onnx 2>/dev/null | head -n 1 || true)
 common=(--device cpu --steps 20 --no-progress --depth-model "$ONNX" --runs trained_models
         --vit trained_models/vit/final_model.pth --diffusion trained_models/diffusion/diffusion_best.pth)
 "$PY" -m cad3d eval --data "$DATA" --split test -o outputs/eval_seen "${common[@]}"
