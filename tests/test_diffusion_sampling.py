@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cad3d.models.diffusion_model import create_diffusion_model
+from cad3d.models.diffusion_model import create_diffusion_model, iso_projection
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,10 @@ def test_shared_geometry_gives_the_same_noise_prediction(model, grouping):
             feats = model.image_encoder(torch.rand(3, 3, 32, 32))
             cond = torch.cat([feats.vector, feats.vector])
             drop = torch.tensor([False] * 3 + [True] * 3)
-            plain = unet(torch.cat([x, x]), t.repeat(2), cond, None, drop)  # (6, 96, 3)
-            shared = unet(torch.cat([x, x]), t.repeat(2), cond, None, drop, unet.geometry(x, repeat=2))
+            cams, views = iso_projection(6)
+            projection = (torch.cat([feats.fmap, feats.fmap]), cams, views)  # the drawing read at each point
+            plain = unet(torch.cat([x, x]), t.repeat(2), cond, None, drop, projection)  # (6, 96, 3)
+            shared = unet(torch.cat([x, x]), t.repeat(2), cond, None, drop, projection, unet.geometry(x, repeat=2))
         assert torch.equal(plain, shared)
         assert not torch.allclose(plain[:3], plain[3:])  # the two passes differ (condition kept / dropped)
     finally:

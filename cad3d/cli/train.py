@@ -118,14 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     out_dir = args.out or str(Path("trained_models") / args.model)
-    task_overrides = None
     if args.vit_encoder:
         if args.model != "diffusion":
             args._parser.error("--vit-encoder is an option of the diffusion model")
         from cad3d.training.loader import load_trained
 
         vit = load_trained(args.vit_encoder, kind="vit", weights="raw")
-        task_overrides = {"vit_encoder": vit.config.model.to_dict(), "vit_checkpoint": str(args.vit_encoder)}
+        task_overrides = {**(task_overrides or {}), "vit_encoder": vit.config.model.to_dict(),
+                          "vit_checkpoint": str(args.vit_encoder)}
     try:
         report = train_model(args.model, args.data, preset=args.preset, out_dir=out_dir, task_overrides=task_overrides,
                              **overrides)
