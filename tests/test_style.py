@@ -146,7 +146,7 @@ def test_varied_datasets_are_byte_identical_whatever_the_workers(tmp_path):
     create_synthetic_training_data(tmp_path / "a", 4, workers=1, **kw)
     create_synthetic_training_data(tmp_path / "b", 4, workers=2, **kw)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 4 * 4 + 1
+    assert len(files) == 4 * 6 + 1  # images, pointclouds, depth, layers, dense, meta per sample + manifest
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     meta = json.loads((tmp_path / "a" / "meta" / "synthetic_0000.json").read_text())
