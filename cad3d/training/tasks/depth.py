@@ -320,7 +320,12 @@ class DepthTask(TrainTask):
         depth = torch.zeros(batch_size, s, s)  # (B, S, S): a square part at depth 2.5..3.5
         q = s // 4
         depth[:, q : 3 * q, q : 3 * q] = 2.5 + torch.rand(batch_size, 2 * q, 2 * q, generator=generator)
-        return images, depth
+        if not self.config.model.layers:
+            return images, depth
+        layers = torch.zeros(batch_size, self.config.model.layers, s, s)  # (B, K, S, S): entered, then left
+        layers[:, 0] = depth
+        layers[:, 1] = torch.where(depth > 0, depth + 0.5, depth)
+        return images, depth, layers
 
     def forward_check(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
         model = modules["model"]
