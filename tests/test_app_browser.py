@@ -83,7 +83,8 @@ def test_a_drawing_is_converted_shown_in_3d_and_its_glb_downloads(page, tiny_dat
     download.value.save_as(glb)
     assert glb.name == f"{drawing.stem}.glb"
     scene = trimesh.load(glb)
-    assert len(scene.geometry["points"].vertices) == 512 and len(scene.geometry["mesh"].faces) > 0
+    # The default point count is the auto path's own: 2048 for the tiny ViT or diffusion, 4096 for depth.
+    assert len(scene.geometry["points"].vertices) in (2048, 4096) and len(scene.geometry["mesh"].faces) > 0
     assert page.locator("#result-1").is_hidden()
 
 

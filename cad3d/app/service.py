@@ -110,7 +110,7 @@ class ConversionService:
     def default_guidance(self) -> float:
         """The diffusion model's own guidance scale (1.0 without a diffusion model)."""
         diffusion = self.converter.diffusion
-        return float(diffusion.model.config.guidance_scale) if diffusion is not None else 1.0
+        return float(diffusion.config.guidance_scale) if diffusion is not None else 1.0
 
     # -- converting -----------------------------------------------------------------------------
     def check_upload(self, path: Path) -> str | None:
