@@ -191,18 +191,19 @@ class HybridCAD3DConverter:
         # Sheets keep their layout (their cameras say where each view is); a single view is framed
         # like the training drawings (border, title block and notes left out).
         images = [as_drawing(d, 256) for d in drawings]
-        images = [img if len(drawing_cameras(img)) > 1 else frame_part(img) for img in images]
+        cameras = [drawing_cameras(img) for img in images]  # found once: sheets are costly to read
+        images = [img if len(cams) > 1 else frame_part(img) for img, cams in zip(images, cameras)]
         rngs = [np.random.default_rng([seed, zlib.crc32(np.round(img * 255).astype(np.uint8).tobytes())])
                 for img in images]
         t0 = time.perf_counter()
         if chosen == "diffusion":
-            clouds = self._run_diffusion(images, n_pts, steps, guidance, rngs)
+            clouds = self._run_diffusion(images, n_pts, steps, guidance, rngs, cameras)
         elif chosen == "vit":
             clouds = self._run_vit(images)
         elif chosen == "depth":
-            clouds = [self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)]
+            clouds = [self._lift_depth(img, n_pts, rng, cams) for img, rng, cams in zip(images, rngs, cameras)]
         else:
-            clouds = [geometric_fallback(img, n_pts, rng) for img, rng in zip(images, rngs)]
+            clouds = [geometric_fallback(img, n_pts, rng, cams) for img, rng, cams in zip(images, rngs, cameras)]
         # Every path answers with exactly n_pts distinct points (subset, or documented upsampling).
         clouds = [c if len(c) == n_pts else resample_points(c, n_pts, rng) for c, rng in zip(clouds, rngs)]
         per = (time.perf_counter() - t0) / max(len(images), 1)
@@ -229,7 +230,7 @@ class HybridCAD3DConverter:
             out.append(torch.from_numpy(np.ascontiguousarray(img)).expand(3, -1, -1))
         return torch.stack(out).to(self.device)  # (B, 3, size, size)
 
-    def _run_diffusion(self, images, n_pts, steps, guidance, rngs) -> list[np.ndarray]:
+    def _run_diffusion(self, images, n_pts, steps, guidance, rngs, cameras) -> list[np.ndarray]:
         # One joint sample of n_pts points per drawing, reading the drawing at each point's
         # projection under its cameras (iso, or a sheet's panels). Each drawing's starting noise
         # comes from its own generator and DDIM is deterministic given it, so a cloud does not
@@ -239,14 +240,15 @@ class HybridCAD3DConverter:
 
         model = self.diffusion
         x = self._batch_tensor(images, model.config.image_size)  # (B, 3, S, S)
-        grids = [grid_projections(drawing_cameras(img)) for img in images]
+        grids = [grid_projections(cams) for cams in cameras]
         cams = torch.from_numpy(np.stack([g for g, _ in grids])).to(self.device)  # (B, V, 2, 4)
         views = torch.from_numpy(np.stack([v for _, v in grids])).to(self.device)  # (B, V)
         gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
         x_T = torch.stack([torch.randn(n_pts, 3, generator=g) for g in gens]).to(self.device)  # (B, N, 3)
         init, strength = None, 1.0
         if self.refine_strength < 1.0 and self.depth is not None and self.depth.layered:
-            init = torch.from_numpy(np.stack([self._lift_depth(img, n_pts, rng) for img, rng in zip(images, rngs)])).to(self.device)
+            init = torch.from_numpy(np.stack([self._lift_depth(img, n_pts, rng, cams)
+                                              for img, rng, cams in zip(images, rngs, cameras)])).to(self.device)
             strength = self.refine_strength
         # On the CPU a call holds at most _CPU_CLOUDS_PER_CALL clouds (larger batches were slower
         # per cloud there: cache-bound).
@@ -261,17 +263,17 @@ class HybridCAD3DConverter:
         x = self._batch_tensor(images, self.vit.config.image_size)
         return list(self.vit.predict_points(x).float().cpu().numpy())  # B x (N, 3)
 
-    def _lift_depth(self, image, n_pts, rng) -> np.ndarray:
+    def _lift_depth(self, image, n_pts, rng, cameras) -> np.ndarray:
         from cad3d.conversion.depth import lift_drawing
 
         if self.depth.layered:  # every surface crossing of every pixel's ray, an even surface sample
             from cad3d.data.layers import sample_layers
 
             try:
-                return normalize_cloud(sample_layers(self.depth.predict_layers(image), drawing_cameras(image), n_pts, rng))
+                return normalize_cloud(sample_layers(self.depth.predict_layers(image), cameras, n_pts, rng))
             except ValueError:
                 raise ConversionError("the depth model sees no part in this drawing") from None
-        cloud = lift_drawing(image, self.depth.predict(image), camera=drawing_cameras(image))  # one point per pixel
+        cloud = lift_drawing(image, self.depth.predict(image), camera=cameras)  # one point per pixel
         # Robust: a few pixels lifted to the clipped ends of the depth range would otherwise set the
         # scale (30 test drawings of the 1000-part CPU run: Chamfer 0.045 instead of 0.106).
         return normalize_cloud(resample_points(cloud, n_pts, rng), robust=True)

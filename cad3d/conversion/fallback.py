@@ -54,7 +54,8 @@ def frame_part(image: np.ndarray, *, clutter: float = 0.02, small: float = 0.6) 
     return crop_to_part(image, image.shape[0], fill=0.7)[0]
 
 
-def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator) -> np.ndarray:
+def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.Generator,
+                       cameras: list | None = None) -> np.ndarray:
     """A rough cloud from the drawing alone, when no model is available: (num_points, 3) float32,
     normalized into the unit sphere like every ground-truth cloud.
 
@@ -66,7 +67,7 @@ def geometric_fallback(image: np.ndarray, num_points: int, generator: np.random.
     from scipy import ndimage
 
 
-    cameras = drawing_cameras(image)
+    cameras = cameras or drawing_cameras(image)  # the drawing's cameras when the caller knows them
     sil = silhouette_mask(image)
     if len(cameras) > 1:
         return visual_hull(sil, cameras, num_points, generator)
