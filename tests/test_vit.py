@@ -232,7 +232,7 @@ def test_point_query_head_predicts_every_point_natively_and_learns():
     first = None
     for _ in range(60):
         loss = chamfer_distance(model(images)["points"], target)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
