@@ -1,6 +1,6 @@
 """The demo pipeline behind `make demo`: every stage, on a small default, in a few CPU minutes.
 
-synthesize -> check -> preview -> train vae, vit, diffusion, depth (tiny presets; depth is
+synthesize -> check -> preview -> train vae, vit, diffusion, depth, refine (tiny presets; depth is
 exported to ONNX) -> convert a held-out drawing with the hybrid converter -> evaluate every
 conversion path and the baselines on the test split.
 """
@@ -22,7 +22,8 @@ class DemoConfig:
     seed: int = 0
     workers: int | None = None  # data processes; None = CPU count (at most 8)
     # Epochs per model with its `tiny` preset (enough for each to learn visibly on a CPU).
-    epochs: dict = field(default_factory=lambda: {"vae": 8, "vit": 20, "diffusion": 40, "depth": 10})
+    epochs: dict = field(default_factory=lambda: {"vae": 8, "vit": 20, "diffusion": 40, "depth": 10,
+                                                         "refine": 15})
     progress: bool = True
 
 
@@ -99,6 +100,7 @@ def run_demo(out_dir: str | os.PathLike = ".", config: DemoConfig | None = None)
         device="cpu", vit_model_path=root / "trained_models" / "vit" / "final_model.pth",
         diffusion_model_path=root / "trained_models" / "diffusion" / "diffusion_best.pth",
         depth_model_path=onnx if onnx.is_file() else None, enable_learning=False,
+        refine_model_path=root / "trained_models" / "refine" / "refine_best.pth",
     )
     conv = convert_files(converter, [held_out.image], root / "outputs" / "demo", progress=False)
     if conv.failed:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The largest run that fits in an hour on a 2-core CPU, and the README's CPU tables.
 #
-# Trains the converters that matter (layered depth network, ViT, projection-conditioned diffusion)
+# Trains the converters that matter (layered depth network, ViT, projection-conditioned diffusion,
+# retrieve-then-refine)
 # with their `tiny` presets on 1000 synthetic parts of 10 families, then scores every path, the
 # retrieval and medoid baselines and the oracle on
 #   (a) the held-out test split of those 10 families, and
@@ -9,7 +10,7 @@
 # against the dense ground truth, every method at 8192 points (the stored samples' count).
 #
 #   scripts/train_cpu_hour.sh [ROOT]      (default ROOT: runs/cpu_hour)
-#   EPOCHS_DEPTH=.. EPOCHS_VIT=.. EPOCHS_DIFFUSION=.. scale the training to the time you have.
+#   EPOCHS_DEPTH=.. EPOCHS_VIT=.. EPOCHS_DIFFUSION=.. EPOCHS_REFINE=.. scale the training to the time you have.
 set -euo pipefail
 # One torch thread per process: on a shared or oversubscribed machine two spinning threads run
 # several times slower than one (measured here: 235 s vs 59 s per depth epoch).
@@ -34,9 +35,11 @@ train() { "$PY" -m cad3d train "$1" --data "$DATA" --out "trained_models/$1" --p
 train depth --epochs "${EPOCHS_DEPTH:-12}"
 train vit --epochs "${EPOCHS_VIT:-10}"
 train diffusion --epochs "${EPOCHS_DIFFUSION:-5}"
+train refine --epochs "${EPOCHS_REFINE:-6}"
 ONNX=$(ls trained_models/depth/*.onnx models/*.onnx 2>/dev/null | head -n 1 || true)
 common=(--device cpu --steps 20 --no-progress --depth-model "$ONNX" --runs trained_models
-        --vit trained_models/vit/final_model.pth --diffusion trained_models/diffusion/diffusion_best.pth)
+        --vit trained_models/vit/final_model.pth --diffusion trained_models/diffusion/diffusion_best.pth
+        --refine trained_models/refine/refine_best.pth)
 "$PY" -m cad3d eval --data "$DATA" --split test -o outputs/eval_seen "${common[@]}"
 stamp "eval seen families"
 "$PY" -m cad3d eval --data "$UNSEEN" --split all --train-data "$DATA" --families "$HELD" -o outputs/eval_unseen "${common[@]}"

@@ -221,17 +221,18 @@ def test_demo_pipeline_end_to_end(tmp_path):
     from cad3d.pipeline import DemoConfig, run_demo
 
     cfg = DemoConfig(num_samples=20, workers=2, progress=False,
-                     epochs={"vae": 1, "vit": 1, "diffusion": 1, "depth": 1})
+                     epochs={"vae": 1, "vit": 1, "diffusion": 1, "depth": 1, "refine": 1})
     result = run_demo(tmp_path, cfg)
     for key in ("dataset", "dataset preview", "depth ONNX", "converted ply", "converted preview", "evaluation"):
         assert Path(result.artefacts[key]).exists(), key
-    assert set(result.reports) == {"vae", "vit", "diffusion", "depth"}
-    assert result.conversion["method"] in ("diffusion", "vit", "depth")  # auto: the best stored validation score
+    assert set(result.reports) == {"vae", "vit", "diffusion", "depth", "refine"}
+    assert result.conversion["method"] in ("diffusion", "vit", "refine", "depth")  # auto: the best stored validation score
     assert result.conversion["trained"]
     assert (tmp_path / "outputs" / "eval" / "eval.md").is_file()
-    assert {"diffusion", "vit", "depth", "geometric", "retrieval", "mean"} <= set(result.evaluation["methods"])
+    assert {"diffusion", "vit", "refine", "depth", "geometric", "retrieval", "mean"} <= set(result.evaluation["methods"])
     assert "| method |" in result.evaluation_markdown
-    for name in ("vae/vae_best.pth", "vit/final_model.pth", "diffusion/diffusion_best.pth", "depth/depth_best.pth"):
+    for name in ("vae/vae_best.pth", "vit/final_model.pth", "diffusion/diffusion_best.pth", "depth/depth_best.pth",
+                 "refine/refine_best.pth"):
         assert (tmp_path / "trained_models" / name).is_file(), name
 
 

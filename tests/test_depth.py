@@ -249,3 +249,16 @@ def test_publish_onnx_is_for_depth_and_checked_before_training(tmp_path, capsys)
     (tmp_path / "a_file").write_text("x")
     assert main(["train", "depth", "--data", str(tmp_path), "--publish-onnx", str(tmp_path / "a_file" / "m.onnx")]) == 1
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_keeps_the_exports_score(tiny_dataset, tmp_path):
+    """`--resume auto` on a run that has nothing left to train exports again; the sidecar keeps the
+    val_chamfer of the last validation (from the epoch log), so `auto` still ranks the path."""
+    from cad3d.training.engine import train_model
+
+    common = dict(preset="tiny", out_dir=tmp_path / "run", epochs=1, seed=0, device="cpu", progress=False)
+    train_model("depth", tiny_dataset, **common)
+    sidecar = tmp_path / "run" / "cad3d_depth_256.json"
+    first = json.loads(sidecar.read_text())["val_chamfer"]
+    train_model("depth", tiny_dataset, resume="auto", **common)
+    assert json.loads(sidecar.read_text())["val_chamfer"] == pytest.approx(first)

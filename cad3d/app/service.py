@@ -36,6 +36,7 @@ class AppConfig:
     models_dir: str = "models"
     vit: str | None = None  # checkpoint; None = trained_models/vit/final_model.pth when it exists
     diffusion: str | None = None  # None = trained_models/diffusion/diffusion_best.pth when it exists
+    refine: str | None = None  # None = trained_models/refine/refine_best.pth when it exists
     depth_model: str | None = None  # ONNX; None = the first known file in models_dir
     device: str = "auto"
     eval_dir: str = "outputs/eval"  # eval.md and eval_chart.png shown in the second tab
@@ -71,7 +72,8 @@ class ConversionService:
     """The converter, loaded once, and everything the app's pages ask of it."""
 
     def __init__(self, config: AppConfig | None = None, converter=None):
-        from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, weights_path
+        from cad3d.conversion.converter import (DEFAULT_DIFFUSION_PATH, DEFAULT_REFINE_PATH, DEFAULT_VIT_PATH,
+                                                HybridCAD3DConverter, weights_path)
 
         self.config = config or AppConfig()
         c = self.config
@@ -79,7 +81,8 @@ class ConversionService:
             converter = HybridCAD3DConverter(
                 device=c.device, vit_model_path=weights_path(c.vit, DEFAULT_VIT_PATH),
                 diffusion_model_path=weights_path(c.diffusion, DEFAULT_DIFFUSION_PATH),
-                depth_model_path=c.depth_model, models_dir=c.models_dir, enable_learning=False)
+                depth_model_path=c.depth_model, models_dir=c.models_dir, enable_learning=False,
+                refine_model_path=weights_path(c.refine, DEFAULT_REFINE_PATH))
         self.converter = converter
         if c.work_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cad3d_app_")

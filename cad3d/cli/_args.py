@@ -62,6 +62,8 @@ def model_weight_options(parser) -> None:
                         help="ViT checkpoint (default: trained_models/vit/final_model.pth when it exists)")
     parser.add_argument("--diffusion", default=None, metavar="PATH",
                         help="diffusion checkpoint (default: trained_models/diffusion/diffusion_best.pth when it exists)")
+    parser.add_argument("--refine", default=None, metavar="PATH",
+                        help="retrieve-then-refine checkpoint (default: trained_models/refine/refine_best.pth when it exists)")
     parser.add_argument("--depth-model", default=None, help="ONNX depth model (default: the first known file in --models-dir)")
     parser.add_argument("--models-dir", default="models", help="folder searched for ONNX depth models (default models/)")
 
@@ -80,10 +82,12 @@ def converter_options(parser) -> None:
 
 def make_converter(args):
     """The `HybridCAD3DConverter` of `converter_options` (inference only: no learning)."""
-    from cad3d.conversion.converter import DEFAULT_DIFFUSION_PATH, DEFAULT_VIT_PATH, HybridCAD3DConverter, weights_path
+    from cad3d.conversion.converter import (DEFAULT_DIFFUSION_PATH, DEFAULT_REFINE_PATH, DEFAULT_VIT_PATH,
+                                            HybridCAD3DConverter, weights_path)
 
     return HybridCAD3DConverter(
         device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
         diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
         depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
+        refine_model_path=weights_path(args.refine, DEFAULT_REFINE_PATH),
     )

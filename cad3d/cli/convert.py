@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert drawings to point clouds", description=DESCRIPTIONS["convert"])
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="drawing files or folders of drawings")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--method", choices=["auto", "diffusion", "vit", "depth", "geometric"], default="auto",
+    p.add_argument("--method", choices=["auto", "diffusion", "vit", "refine", "depth", "geometric"], default="auto",
                    help="conversion path (default auto: the best one with trained weights)")
     p.add_argument("--format", choices=["ply", "npy", "obj", "glb"], default="ply",
                    help="ply/npy point cloud, obj mesh reconstructed from the cloud, or glb of both (points and "

@@ -9,7 +9,7 @@ from cad3d.cli._help import DESCRIPTIONS
 
 # cad3d.evaluation.evaluate.ALL_METHODS, spelled out so `cad3d --help` does not import the evaluation
 # (tests/test_cli_args.py checks that the two agree).
-ALL_METHODS = ("diffusion", "vit", "depth", "geometric", "retrieval", "mean", "oracle")
+ALL_METHODS = ("diffusion", "vit", "refine", "depth", "geometric", "retrieval", "mean", "oracle")
 
 
 def add_parser(sub) -> None:

@@ -38,7 +38,7 @@ def _serve(args) -> int:
     from cad3d.errors import Cad3dError
 
     t0 = time.perf_counter()
-    config = AppConfig(models_dir=args.models_dir, vit=args.vit, diffusion=args.diffusion, depth_model=args.depth_model,
+    config = AppConfig(models_dir=args.models_dir, vit=args.vit, diffusion=args.diffusion, refine=args.refine, depth_model=args.depth_model,
                        device=args.device, eval_dir=args.eval_dir, runs_dir=args.runs_dir, max_files=args.max_files,
                        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, num_examples=args.examples)
     service = ConversionService(config)

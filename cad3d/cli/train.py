@@ -51,12 +51,12 @@ _ENGINE_FLAGS = {
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a model (vae, diffusion, vit, depth)",
+        help="train a model (vae, diffusion, vit, depth, refine)",
         description="Train a model with the shared training engine. Checkpoints, the epoch log and "
         "the report go to --out (default trained_models/MODEL/). SIGTERM/SIGINT save *_last and exit "
         "with 143/130; --resume auto continues.",
     )
-    p.add_argument("model", metavar="MODEL", help="model to train: a registered task (vae, diffusion, vit, depth)")
+    p.add_argument("model", metavar="MODEL", help="model to train: a registered task (vae, diffusion, vit, depth, refine)")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", help="output folder (default trained_models/MODEL/)")
     p.add_argument("--preset", choices=["tiny", "full"], default="full", help="model size and engine defaults (default full)")

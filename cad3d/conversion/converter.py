@@ -1,7 +1,8 @@
 """`HybridCAD3DConverter`: drawings in, point clouds out, with whatever weights exist.
 
 Paths, best first: ``diffusion`` (the image-conditioned DDPM, fast DDIM sampler) -> ``vit``
-(direct point prediction) -> ``depth`` (an ONNX depth model, ours or a user's MiDaS file, lifted
+(direct point prediction) -> ``refine`` (the most similar training part's cloud, chosen among a
+few and aligned to the drawing by a trained network: `cad3d.models.refiner`) -> ``depth`` (an ONNX depth model, ours or a user's MiDaS file, lifted
 with the iso camera) -> ``geometric`` (the drawing's silhouette inflated; needs nothing).
 ``method="auto"`` takes the first path whose weights are trained; every result says which path
 ran, which weights it used and whether they were trained (graceful degradation: missing files
@@ -39,10 +40,11 @@ from cad3d.training.loader import load_trained
 
 log = logging.getLogger(__name__)
 
-METHODS = ("diffusion", "vit", "depth", "geometric")
+METHODS = ("diffusion", "vit", "refine", "depth", "geometric")
 DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
 DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
+DEFAULT_REFINE_PATH = Path("trained_models/refine/refine_best.pth")  # where `cad3d train refine` puts it
 _CPU_CLOUDS_PER_CALL = 32  # diffusion clouds per sampling call on the CPU (benchmarks/RESULTS.md, convert_profile)
 
 
@@ -73,6 +75,8 @@ class HybridCAD3DConverter:
         learning_path: where `save` writes (default trained_models/hybrid/continuous_learning.pth).
         refine_strength: with a layered depth model, the diffusion path refines the depth-lifted
             cloud noised to this fraction of the schedule (1: sample from pure noise).
+        refine_model_path: a retrieve-then-refine checkpoint (``refine_best.pth``); None or a
+            missing file = no such path.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class HybridCAD3DConverter:
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
         refine_strength: float = 0.3,
+        refine_model_path: str | os.PathLike | None = None,
     ):
         self.device = resolve_device(device)
         self.num_points = None if num_points is None else int(num_points)
@@ -110,6 +115,16 @@ class HybridCAD3DConverter:
             self.vit = trained.model.to(self.device)
             self.weights["vit"], self.trained["vit"] = str(vit_path), True
             self._record_score("vit", trained.metadata)
+
+        self.refiner = None
+        refine_path = _existing(refine_model_path)
+        if refine_model_path is not None and refine_path is None:
+            warnings.warn(f"{refine_model_path}: refine checkpoint not found; converting without it", stacklevel=2)
+        if refine_path is not None:
+            trained = load_trained(refine_path, kind="refine")
+            self.refiner = trained.model.to(self.device)
+            self.weights["refine"], self.trained["refine"] = str(refine_path), True
+            self._record_score("refine", trained.metadata)
 
         self.diffusion = None
         self._diffusion_payload: Optional[dict] = None  # what `save` publishes
@@ -149,7 +164,7 @@ class HybridCAD3DConverter:
     def available_methods(self) -> list[str]:
         """Paths that can run now, best first (untrained diffusion only if asked for by name)."""
         have = {"diffusion": self.diffusion is not None, "vit": self.vit is not None,
-                "depth": self.depth is not None, "geometric": True}
+                "refine": self.refiner is not None, "depth": self.depth is not None, "geometric": True}
         return [m for m in METHODS if have[m]]
 
     def _record_score(self, method: str, metadata: dict) -> None:
@@ -159,7 +174,7 @@ class HybridCAD3DConverter:
 
     def resolve_method(self, method: str = "auto") -> str:
         """``auto``: the trained path with the lowest validation Chamfer stored with its weights;
-        when no path has one, the first trained path of diffusion > vit > depth > geometric."""
+        when no path has one, the first trained path of diffusion > vit > refine > depth > geometric."""
         if method == "auto":
             trained = [m for m in self.available_methods() if self.trained[m]]
             scored = [m for m in trained if m in self.scores]
@@ -200,6 +215,8 @@ class HybridCAD3DConverter:
             clouds = self._run_diffusion(images, n_pts, steps, guidance, rngs, cameras)
         elif chosen == "vit":
             clouds = self._run_vit(images)
+        elif chosen == "refine":
+            clouds = self._run_refine(images)
         elif chosen == "depth":
             clouds = [self._lift_depth(img, n_pts, rng, cams) for img, rng, cams in zip(images, rngs, cameras)]
         else:
@@ -217,6 +234,8 @@ class HybridCAD3DConverter:
             return int(self.diffusion.config.num_points)
         if method == "vit":
             return int(self.vit.config.num_points)
+        if method == "refine":
+            return int(self.refiner.config.index_points)
         return 4096
 
     def _batch_tensor(self, images: list[np.ndarray], size: int) -> torch.Tensor:
@@ -262,6 +281,10 @@ class HybridCAD3DConverter:
     def _run_vit(self, images) -> list[np.ndarray]:
         x = self._batch_tensor(images, self.vit.config.image_size)
         return list(self.vit.predict_points(x).float().cpu().numpy())  # B x (N, 3)
+
+    def _run_refine(self, images) -> list[np.ndarray]:
+        x = self._batch_tensor(images, self.refiner.config.image_size)[:, 0]  # (B, S, S)
+        return list(self.refiner(x)["points"].float().cpu().numpy())  # B x (P, 3)
 
     def _lift_depth(self, image, n_pts, rng, cameras) -> np.ndarray:
         from cad3d.conversion.depth import lift_drawing

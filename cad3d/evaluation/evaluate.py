@@ -174,7 +174,8 @@ def evaluate(
         if m in METHODS:
             if m not in available:
                 why = {"depth": "no ONNX depth model found (put one in models/ or pass depth_model_path)",
-                       "vit": "no ViT checkpoint loaded", "diffusion": "no diffusion checkpoint loaded"}[m]
+                       "vit": "no ViT checkpoint loaded", "diffusion": "no diffusion checkpoint loaded",
+                       "refine": "no refine checkpoint loaded"}[m]
                 method_info[m] = {"kind": "model", "status": "skipped", "note": why, "trained": False}
                 continue
             trained = bool(converter.trained.get(m)) if m != "geometric" else None

@@ -306,7 +306,7 @@ def known_tasks() -> list[str]:
 
 
 # Modules that register the built-in tasks when imported. Model issues append theirs here.
-BUILTIN_TASK_MODULES: list[str] = [f"cad3d.training.tasks.{name}" for name in ("vae", "vit", "diffusion", "depth")]
+BUILTIN_TASK_MODULES: list[str] = [f"cad3d.training.tasks.{name}" for name in ("vae", "vit", "diffusion", "depth", "refine")]
 
 
 def _import_builtin_tasks() -> None:
