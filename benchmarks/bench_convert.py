@@ -41,10 +41,11 @@ def build_runs(root: Path, *, preset: str = "tiny", device: str = "cpu", data: P
     train_model("vit", data, out_dir=root / "vit", **common)
     train_model("diffusion", data, out_dir=root / "diffusion", **common)
     train_model("depth", data, out_dir=root / "depth", **common)
+    train_model("refine", data, out_dir=root / "refine", **common)
     export_depth_checkpoint(root / "depth" / "depth_last.pth", onnx)  # a max_steps stop does not export itself
     images = sorted((data / "images").glob("*.png"))
     return {"vit": root / "vit" / "checkpoint_last.pth", "diffusion": root / "diffusion" / "diffusion_last.pth",
-            "depth": onnx, "images": images}
+            "depth": onnx, "refine": root / "refine" / "refine_last.pth", "images": images}
 
 
 def time_path(converter, method: str, drawings: list, batch: int, points: int, steps: int = 20, rounds: int = 2,
@@ -89,7 +90,8 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 conv = HybridCAD3DConverter(device, vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
-                                            depth_model_path=runs["depth"], enable_learning=False)
+                                            depth_model_path=runs["depth"], refine_model_path=runs["refine"],
+                                            enable_learning=False)
             for method in args.methods or METHODS:
                 for g in args.guidance if method == "diffusion" else [None]:
                     times = [time_path(conv, method, drawings, b, args.points, steps=args.steps, rounds=args.rounds, guidance=g) for b in args.batches]

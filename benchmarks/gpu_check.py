@@ -176,7 +176,8 @@ def convert_rows(plan: Plan, root: Path, data: Path) -> list[dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         conv = HybridCAD3DConverter(plan.device.type, vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
-                                    depth_model_path=runs["depth"], enable_learning=False)
+                                    depth_model_path=runs["depth"], refine_model_path=runs["refine"],
+                                    enable_learning=False)
     rows = []
     for method in METHODS:
         times = {}

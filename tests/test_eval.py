@@ -108,7 +108,7 @@ def test_cli_eval_without_weights_writes_every_artefact(tiny_dataset, tmp_path, 
     n_test = len(index_dataset(tiny_dataset, "test"))
     ran = [m for m, info in report["methods"].items() if info["status"] == "ok"]
     assert ran == ["geometric", "retrieval", "mean", "oracle"]
-    assert {m for m, info in report["methods"].items() if info["status"] == "skipped"} == {"diffusion", "vit", "depth"}
+    assert {m for m, info in report["methods"].items() if info["status"] == "skipped"} == {"diffusion", "vit", "refine", "depth"}
     assert report["methods"]["retrieval"]["train_samples"] == len(index_dataset(tiny_dataset, "train"))
     assert report["num_samples"] == n_test and report["families"] == test_families
     assert sorted(report["per_family"]) == test_families

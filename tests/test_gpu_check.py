@@ -26,7 +26,7 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
         for mode in ("fp32", "bf16", "bf16 + compile"):
             row = next(line for line in md.splitlines() if line.startswith(f"| {model} | {mode} |"))
             assert float(row.split("|")[4]) > 0, row  # samples/s measured, no error
-    for method in ("diffusion", "vit", "depth", "geometric"):
+    for method in ("diffusion", "vit", "refine", "depth", "geometric"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {method} | "))
         assert all(float(c) > 0 for c in row.split("|")[3:5]), row
     assert "2 processes, gloo" in md

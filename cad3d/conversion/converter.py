@@ -106,25 +106,8 @@ class HybridCAD3DConverter:
         self.trained: dict[str, bool] = {m: False for m in METHODS}  # geometric has no weights at all
 
         self.scores: dict[str, float] = {}  # validation Chamfer-L2 stored with each path's weights
-        self.vit = None
-        vit_path = _existing(vit_model_path)
-        if vit_model_path is not None and vit_path is None:
-            warnings.warn(f"{vit_model_path}: ViT checkpoint not found; converting without the ViT", stacklevel=2)
-        if vit_path is not None:
-            trained = load_trained(vit_path, kind="vit")
-            self.vit = trained.model.to(self.device)
-            self.weights["vit"], self.trained["vit"] = str(vit_path), True
-            self._record_score("vit", trained.metadata)
-
-        self.refiner = None
-        refine_path = _existing(refine_model_path)
-        if refine_model_path is not None and refine_path is None:
-            warnings.warn(f"{refine_model_path}: refine checkpoint not found; converting without it", stacklevel=2)
-        if refine_path is not None:
-            trained = load_trained(refine_path, kind="refine")
-            self.refiner = trained.model.to(self.device)
-            self.weights["refine"], self.trained["refine"] = str(refine_path), True
-            self._record_score("refine", trained.metadata)
+        self.vit = self._load_model("vit", vit_model_path, "ViT")
+        self.refiner = self._load_model("refine", refine_model_path, "refine")
 
         self.diffusion = None
         self._diffusion_payload: Optional[dict] = None  # what `save` publishes
@@ -166,6 +149,19 @@ class HybridCAD3DConverter:
         have = {"diffusion": self.diffusion is not None, "vit": self.vit is not None,
                 "refine": self.refiner is not None, "depth": self.depth is not None, "geometric": True}
         return [m for m in METHODS if have[m]]
+
+    def _load_model(self, method: str, given, what: str):
+        """The trained model of checkpoint ``given`` for path ``method`` (recording its weights and
+        stored score), or None when no file was given; a given file that is missing is warned about."""
+        path = _existing(given)
+        if given is not None and path is None:
+            warnings.warn(f"{given}: {what} checkpoint not found; converting without it", stacklevel=3)
+        if path is None:
+            return None
+        trained = load_trained(path, kind=method)
+        self.weights[method], self.trained[method] = str(path), True
+        self._record_score(method, trained.metadata)
+        return trained.model.to(self.device)
 
     def _record_score(self, method: str, metadata: dict) -> None:
         value = (metadata.get("metrics") or {}).get("val_chamfer")
