@@ -37,6 +37,9 @@ BAD = [
     (CONVERT, "--num-points", "0"),
     (CONVERT, "--steps", "0"),
     (CONVERT, "--steps", str(MAX_SAMPLING_STEPS + 1)),
+    (CONVERT, "--strength", "0"),
+    (CONVERT, "--strength", "1.5"),
+    (EVAL, "--strength", "nan"),
     (EVAL, "--batch-size", "0"),
     (EVAL, "--num-points", "-5"),
     (EVAL, "--steps", "0"),
@@ -113,3 +116,12 @@ def test_a_reader_that_closed_stdout_gets_no_traceback():
     finally:
         os.close(w)
     assert proc.stderr == "" and proc.returncode == 0
+
+
+def test_strength_reaches_the_converter(tmp_path, monkeypatch):
+    from cad3d.cli._args import make_converter
+
+    monkeypatch.chdir(tmp_path)  # no trained_models/ here: nothing to load
+    args = argparse.Namespace(device="cpu", vit=None, diffusion=None, refine=None, depth_model=None,
+                              models_dir=str(tmp_path), strength=0.5)
+    assert make_converter(args).refine_strength == 0.5

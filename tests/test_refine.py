@@ -153,3 +153,29 @@ def test_converter_path_auto_and_eval(plates, trained_refine):
     report = evaluate(plates, "test", ["refine", "retrieval", "oracle"], conv)
     assert report["methods"]["refine"]["status"] == "ok"
     assert report["overall"]["refine"]["n"] == report["overall"]["retrieval"]["n"] > 0
+
+
+def test_diffusion_path_starts_from_the_refine_answer(plates, trained_refine, tmp_path):
+    """With a refine model the diffusion path refines its answer (noised to ``refine_strength``):
+    at a small strength the sample stays near it; from pure noise it does not."""
+    from cad3d.conversion.converter import HybridCAD3DConverter
+    from cad3d.data.dataset import index_dataset
+
+    out, _ = trained_refine
+    rec = index_dataset(plates, "test")[0]
+
+    def converter(strength):
+        return HybridCAD3DConverter(device="cpu", enable_learning=True, refine_model_path=out / "refine_best.pth",
+                                    models_dir=out / "no_models", learning_path=tmp_path / "none.pth",
+                                    refine_strength=strength)
+
+    near = converter(0.02)
+    start = near.convert(rec.image, "refine", num_points=512).points
+    refined = near.convert(rec.image, "diffusion", num_points=512, steps=10).points
+    free = converter(1.0).convert(rec.image, "diffusion", num_points=512, steps=10).points
+    assert refined.shape == free.shape == (512, 3)
+
+    def cd(a, b):
+        return float(chamfer_distance(torch.from_numpy(a)[None], torch.from_numpy(b)[None]))
+
+    assert cd(refined, start) < 0.1 * cd(free, start)

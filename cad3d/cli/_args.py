@@ -55,6 +55,14 @@ def sampling_steps(text: str) -> int:
     return value
 
 
+def strength(text: str) -> float:
+    """How far the diffusion path noises its start: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def model_weight_options(parser) -> None:
     """Where the converter's weights come from, and its device (convert, eval, serve)."""
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -74,6 +82,9 @@ def converter_options(parser) -> None:
     parser.add_argument("--steps", type=sampling_steps, default=50,
                         help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
+    parser.add_argument("--strength", type=strength, default=0.02,
+                        help="the diffusion path starts from the refine answer (or the layered depth lift) noised to "
+                             "this fraction of the schedule, in (0, 1]; 1 = sample from pure noise (default 0.02)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     model_weight_options(parser)
@@ -89,5 +100,5 @@ def make_converter(args):
         device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
         diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
         depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
-        refine_model_path=weights_path(args.refine, DEFAULT_REFINE_PATH),
+        refine_model_path=weights_path(args.refine, DEFAULT_REFINE_PATH), refine_strength=args.strength,
     )
