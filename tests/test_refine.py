@@ -179,3 +179,24 @@ def test_diffusion_path_starts_from_the_refine_answer(plates, trained_refine, tm
         return float(chamfer_distance(torch.from_numpy(a)[None], torch.from_numpy(b)[None]))
 
     assert cd(refined, start) < 0.1 * cd(free, start)
+
+
+def test_auto_answers_a_three_view_sheet_with_its_visual_hull(plates, trained_refine):
+    """In one batch: the single view goes to the best scored path, the sheet to the visual hull."""
+    import trimesh
+
+    from cad3d.conversion.converter import HybridCAD3DConverter
+    from cad3d.data.dataset import index_dataset, load_drawing
+    from cad3d.data.render import render_drawing
+    from cad3d.geometry.camera import three_view_cameras
+
+    out, _ = trained_refine
+    conv = HybridCAD3DConverter(device="cpu", enable_learning=False, refine_model_path=out / "refine_best.pth",
+                                models_dir=out / "no_models")
+    box = trimesh.creation.box(extents=(1.0, 0.6, 0.4))
+    box.apply_scale(1.0 / np.linalg.norm(box.vertices, axis=1).max())
+    sheet = render_drawing(box, three_view_cameras()).image.astype(np.float32) / 255.0
+    single = load_drawing(index_dataset(plates, "test")[0].image)
+    results = conv.convert_batch([single, sheet], "auto", num_points=256)
+    assert [r.method for r in results] == ["refine", "geometric"]
+    assert conv.convert(sheet, "refine", num_points=256).method == "refine"  # named paths still run

@@ -101,7 +101,7 @@ class ConversionService:
         """One line per path that can run: its weights and whether they are trained."""
         conv = self.converter
         auto = conv.resolve_method("auto")
-        lines = [f"auto = **{auto}** (the best path with trained weights)"]
+        lines = [f"auto = **{auto}** (the best path with trained weights; a three-view sheet: its visual hull)"]
         for m in conv.available_methods():
             weights = "no weights" if m == "geometric" else f"{'trained' if conv.trained[m] else 'untrained'}: `{conv.weights.get(m)}`"
             lines.append(f"- {m}: {weights}")

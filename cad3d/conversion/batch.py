@@ -38,7 +38,7 @@ def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.Pat
     paths = list(dict.fromkeys(paths))  # the same file given twice is converted once
     stems = output_stems(paths)
     report.failed.extend((str(p), why) for p, why in folder_errors)
-    chosen = converter.resolve_method(method)
+    chosen = converter.resolve_method(method)  # an unknown or unavailable method fails here, before any reading
     readable = []
     for p in paths:
         try:
@@ -49,7 +49,7 @@ def convert_files(converter: HybridCAD3DConverter, inputs: Sequence[str | os.Pat
     for start in range(0, len(readable), batch_size):
         chunk = readable[start:start + batch_size]
         try:
-            results = converter.convert_batch([img for _, img in chunk], chosen, num_points=num_points, steps=steps,
+            results = converter.convert_batch([img for _, img in chunk], method, num_points=num_points, steps=steps,
                                               guidance=guidance, seed=seed)
         except ConversionError as exc:
             report.failed.extend((str(p), f"{p}: {exc}") for p, _ in chunk)

@@ -1,12 +1,14 @@
 """`HybridCAD3DConverter`: drawings in, point clouds out, with whatever weights exist.
 
-Paths, best first: ``diffusion`` (the image-conditioned DDPM, fast DDIM sampler) -> ``vit``
-(direct point prediction) -> ``refine`` (the most similar training part's cloud, chosen among a
-few and aligned to the drawing by a trained network: `cad3d.models.refiner`) -> ``depth`` (an ONNX depth model, ours or a user's MiDaS file, lifted
-with the iso camera) -> ``geometric`` (the drawing's silhouette inflated; needs nothing).
-``method="auto"`` takes the trained path with the best validation score stored with its weights
-(the order above when none is stored); every result says which path ran, which weights it used and whether they were trained (graceful degradation: missing files
-are fine, corrupt ones are errors).
+Paths, best first: ``diffusion`` (the image-conditioned DDPM, fast DDIM sampler, started from
+the refine answer or the depth lift) -> ``vit`` (direct point prediction) -> ``refine`` (the most
+similar training part's cloud, chosen among a few and aligned to the drawing by a trained
+network: `cad3d.models.refiner`) -> ``depth`` (an ONNX depth model, ours or a user's MiDaS file,
+lifted with the drawing's camera) -> ``geometric`` (the silhouette inflated, or a sheet's visual
+hull; needs nothing). ``method="auto"`` takes the trained path with the best validation score
+stored with its weights (the order above when none is stored), and the visual hull for a
+three-view sheet; every result says which path ran, which weights it used and whether they were
+trained (graceful degradation: missing files are fine, corrupt ones are errors).
 
 Continuous learning (``enable_learning=True``): `learn(image, points)` adds the pair to the
 diffusion model's replay buffer and fine-tunes it through the training engine on the new pair
@@ -197,16 +199,38 @@ class HybridCAD3DConverter:
         """Several drawings in one model call (batched on the GPU). Inputs as in `convert`.
 
         A drawing's randomness comes from ``seed`` and its own pixels alone, so the same drawing
-        and seed give the same cloud whatever else shares the batch."""
-        chosen = self.resolve_method(method)
+        and seed give the same cloud whatever else shares the batch. ``auto`` answers a
+        three-view sheet with the visual hull of its panels (`auto_method`)."""
+        fixed = None if method == "auto" else self.resolve_method(method)
         seed = self.seed if seed is None else int(seed)
-        n_pts = num_points or self.num_points or self.native_points(chosen)
         sources = [str(d) if isinstance(d, (str, os.PathLike)) else None for d in drawings]
         # Sheets keep their layout (their cameras say where each view is); a single view is framed
         # like the training drawings (border, title block and notes left out).
         images = [as_drawing(d, 256) for d in drawings]
         cameras = [drawing_cameras(img) for img in images]  # found once: sheets are costly to read
         images = [img if len(cams) > 1 else frame_part(img) for img, cams in zip(images, cameras)]
+        chosen = [fixed or self.auto_method(cams) for cams in cameras]
+        results: list[Optional[ConversionResult]] = [None] * len(images)
+        for m in dict.fromkeys(chosen):  # one model call per path, in the order of first use
+            idx = [i for i, c in enumerate(chosen) if c == m]
+            done = self._convert(m, [images[i] for i in idx], [cameras[i] for i in idx], num_points, steps,
+                                 guidance, seed)
+            for i, (points, seconds) in zip(idx, done):
+                results[i] = ConversionResult(points=points, method=m, trained=self.trained[m],
+                                              weights={m: self.weights.get(m, "none")}, seconds=seconds,
+                                              source=sources[i])
+        return results
+
+    def auto_method(self, cameras: list) -> str:
+        """The path ``auto`` takes for a drawing with these cameras: for a three-view sheet the
+        visual hull of its panels (``geometric``: exact for every outline, and far ahead of the
+        learned paths, trained on iso views, on the README's three-view tracks), else
+        `resolve_method` ("auto")."""
+        return "geometric" if len(cameras) > 1 else self.resolve_method("auto")
+
+    def _convert(self, chosen: str, images: list, cameras: list, num_points, steps, guidance, seed) -> list[tuple]:
+        """Path ``chosen`` on read drawings: [(points (n, 3) float32, seconds per drawing)]."""
+        n_pts = num_points or self.num_points or self.native_points(chosen)
         rngs = [np.random.default_rng([seed, zlib.crc32(np.round(img * 255).astype(np.uint8).tobytes())])
                 for img in images]
         t0 = time.perf_counter()
@@ -223,9 +247,7 @@ class HybridCAD3DConverter:
         # Every path answers with exactly n_pts distinct points (subset, or documented upsampling).
         clouds = [c if len(c) == n_pts else resample_points(c, n_pts, rng) for c, rng in zip(clouds, rngs)]
         per = (time.perf_counter() - t0) / max(len(images), 1)
-        weights = {chosen: self.weights.get(chosen, "none")}
-        return [ConversionResult(points=c, method=chosen, trained=self.trained[chosen], weights=weights, seconds=per,
-                                 source=s) for c, s in zip(clouds, sources)]
+        return [(c, per) for c in clouds]
 
     def native_points(self, method: str) -> int:
         """The point count a path makes without resampling."""
