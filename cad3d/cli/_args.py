@@ -82,9 +82,9 @@ def converter_options(parser) -> None:
     parser.add_argument("--steps", type=sampling_steps, default=50,
                         help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    parser.add_argument("--strength", type=strength, default=0.02,
+    parser.add_argument("--strength", type=strength, default=0.01,
                         help="the diffusion path starts from the refine answer (or the layered depth lift) noised to "
-                             "this fraction of the schedule, in (0, 1]; 1 = sample from pure noise (default 0.02)")
+                             "this fraction of the schedule, in (0, 1]; 1 = sample from pure noise (default 0.01)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     model_weight_options(parser)

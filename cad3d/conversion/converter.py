@@ -77,9 +77,9 @@ class HybridCAD3DConverter:
         learning_path: where `save` writes (default trained_models/hybrid/continuous_learning.pth).
         refine_strength: the diffusion path starts from the refine path's answer (a single view,
             with a refine model) or the layered depth lift, noised to this fraction of the
-            schedule (SDEdit); 1 samples from pure noise. The default, 0.02, is the best of
-            0.02..0.2 on the CPU run's val split: the tiny diffusion model makes its start worse
-            the more it is allowed to change it (README, "Results").
+            schedule (SDEdit); 1 samples from pure noise. The default, 0.01, is the best of
+            0.01..0.2 on the CPU run's val split, the smallest tried: the tiny diffusion model
+            makes its start worse the more it may change it (README, "Results").
         refine_model_path: a retrieve-then-refine checkpoint (``refine_best.pth``); None or a
             missing file = no such path.
     """
@@ -96,7 +96,7 @@ class HybridCAD3DConverter:
         num_points: int | None = None,
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
-        refine_strength: float = 0.02,
+        refine_strength: float = 0.01,
         refine_model_path: str | os.PathLike | None = None,
     ):
         self.device = resolve_device(device)
