@@ -48,6 +48,8 @@ def test_several_clouds_per_drawing_equal_one_call_per_cloud(model):
     together = model.sample(images, steps=3, guidance=2.0, x_T=noise.reshape(6, 96, 3))  # rows b * R + r
     for r in range(3):
         alone = model.sample(images, steps=3, guidance=2.0, x_T=noise[:, r])
-        assert torch.allclose(together.view(2, 3, 96, 3)[:, r], alone, atol=1e-5)
+        # Batches of 6 and 2 round differently in float32 (up to ~4e-5 after 3 guided steps on
+        # this machine); a cloud paired with the other drawing's features is off by ~2.
+        assert torch.allclose(together.view(2, 3, 96, 3)[:, r], alone, atol=2e-4)
     with pytest.raises(ValueError, match="multiple"):
         model.sample(images, steps=1, x_T=noise.reshape(6, 96, 3)[:5])

@@ -97,7 +97,8 @@ def test_cli_eval_without_weights_writes_every_artefact(tiny_dataset, tmp_path, 
     out = tmp_path / "eval"
     code = main(["eval", "--data", str(tiny_dataset), "--split", "test", "-o", str(out), "--no-progress",
                  "--device", "cpu", "--models-dir", str(tmp_path / "no_models"), "--vit", str(tmp_path / "none.pth"),
-                 "--diffusion", str(tmp_path / "none.pth"), "--runs", str(tmp_path / "no_runs")])
+                 "--diffusion", str(tmp_path / "none.pth"), "--refine", str(tmp_path / "none.pth"),
+                 "--runs", str(tmp_path / "no_runs")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| geometric (no weights) |" in printed and "| retrieval (baseline) |" in printed
