@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[None], help="diffusion guidance scales")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; 1 is steadier on a shared machine)")
+    parser.add_argument("--strength", type=float, default=0.01,
+                        help="diffusion: how far its start (the refine answer) is noised; 1 = from pure noise (default "
+                             "0.01, the converter's)")
     parser.add_argument("--section", default="convert", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
@@ -91,16 +94,21 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 conv = HybridCAD3DConverter(device, vit_model_path=runs["vit"], diffusion_model_path=runs["diffusion"],
                                             depth_model_path=runs["depth"], refine_model_path=runs["refine"],
-                                            enable_learning=False)
+                                            enable_learning=False, refine_strength=args.strength)
             for method in args.methods or METHODS:
                 for g in args.guidance if method == "diffusion" else [None]:
                     times = [time_path(conv, method, drawings, b, args.points, steps=args.steps, rounds=args.rounds, guidance=g) for b in args.batches]
                     label = method if g is None else f"{method} (guidance {g:g})"
                     rows.append((device, label, times))
                     print(f"{device} {label:<24} " + "  ".join(f"batch {b}: {t * 1000:9.1f} ms/drawing" for b, t in zip(args.batches, times)), flush=True)
-    md = ["## Conversion latency (`benchmarks/bench_convert.py`)", "", f"Machine: {machine_info()}", "",
+    title = "## Conversion latency (`benchmarks/bench_convert.py`)" + (", diffusion from pure noise" if args.strength >= 1 else "")
+    md = [title, "", f"Machine: {machine_info()}", "",
           f"`HybridCAD3DConverter.convert_batch`, {args.points} points per cloud, {args.preset} presets, diffusion DDIM "
-          f"{args.steps} steps; best of {args.rounds} round(s) after a warm-up. Milliseconds per drawing:", "",
+          + (f"{args.steps} steps from pure noise" if args.strength >= 1 else
+             f"{args.steps} steps scaled by its strength {args.strength:g} (it starts from the refine answer: "
+             f"{max(1, round(args.steps * args.strength))} step(s) run)")
+          + f"; every path includes reading the drawing (its cameras, framing); best of {args.rounds} round(s) after "
+          "a warm-up. Milliseconds per drawing:", "",
           "| device | path | " + " | ".join(f"batch {b}" for b in args.batches) + " | batch speed-up |",
           "|---|---|" + "---|" * (len(args.batches) + 1)]
     md += [f"| {d} | {m} | " + " | ".join(f"{t * 1000:.1f}" for t in ts) + f" | {ts[0] / ts[-1]:.1f}x |" for d, m, ts in rows]
