@@ -66,7 +66,7 @@ def test_retrieval_finds_itself_unless_excluded_and_untrained_model_answers_as_r
     drawings, clouds = _random_index()
     model.set_index(drawings, clouds)
     assert model.retrieve(drawings, 1)[:, 0].tolist() == list(range(6))
-    excluded = model.retrieve(drawings, 2, exclude=torch.arange(6))
+    excluded = model.retrieve(drawings, 2, leave_out=torch.eye(6, dtype=torch.bool))
     assert not (excluded == torch.arange(6)[:, None]).any()
     out = model(drawings[2:4])  # zero-initialised head: equal scores -> candidate 0 as retrieved
     assert out["candidate"].tolist() == [2, 3] and out["option"].tolist() == [0, 0]

@@ -216,15 +216,16 @@ class RetrievalRefiner(nn.Module):
             extents.append(measure_extents(d))
         self._thumbs, self._extents = torch.cat(thumbs), torch.cat(extents)
 
-    def retrieve(self, query: torch.Tensor, k: int, exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def retrieve(self, query: torch.Tensor, k: int, leave_out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """query (B, H, W) -> (B, k) indices of the most similar indexed drawings, best first;
-        ``exclude`` (B,) an index per query to leave out (the query itself, in training)."""
+        ``leave_out`` (B, T) bool, indexed drawings to rank last (in training: the query itself,
+        or its own family)."""
         if self.index_drawings.shape[0] == 0:
             raise RuntimeError("the refiner's index is empty: it was never trained on data")
         self._index_stats(query.device)
         sim = ink_thumbnails(query) @ self._thumbs.T  # (B, T)
-        if exclude is not None:
-            sim = sim.scatter(1, exclude[:, None], -2.0)
+        if leave_out is not None:
+            sim = sim.masked_fill(leave_out, -2.0)
         return sim.topk(min(k, sim.shape[1]), dim=1).indices
 
     # -- alignment -------------------------------------------------------------------------

@@ -85,6 +85,14 @@ class RefinePairs(torch.utils.data.Dataset):
         return self.drawings[i], pool[i, int(rng.integers(pool.shape[1]))], torch.tensor(i)
 
 
+def _nearest(model: RetrievalRefiner, drawings: torch.Tensor, k: int, leave_out) -> torch.Tensor:
+    """(T, k) each drawing's nearest indexed drawings, in chunks of 256 queries; ``leave_out(rows)``
+    gives the (b, T) bool mask of what the queries ``rows`` (a slice) must not retrieve."""
+    with torch.no_grad():
+        return torch.cat([model.retrieve(drawings[i:i + 256], k, leave_out=leave_out(slice(i, i + 256)))
+                          for i in range(0, len(drawings), 256)])
+
+
 def read_split(data_dir: Path, split: str | None, image_size: int, num_points: int, seed: int):
     """(records, drawings (T, H, W) float32, clouds (T, P, 3) float32) of one split; each cloud a
     seeded subset of the stored sample, P = ``num_points`` or the smallest stored count if less."""
@@ -159,37 +167,22 @@ class RefineTask(TrainTask):
         self._index = (drawings, clouds)
         probe = RetrievalRefiner(m)
         probe.set_index(drawings, clouds)
-        with torch.no_grad():
-            neighbours = torch.cat([probe.retrieve(drawings[i:i + 256], m.num_candidates,
-                                                   exclude=torch.arange(i, min(i + 256, len(drawings))))
-                                    for i in range(0, len(drawings), 256)])
+        rows = torch.arange(len(drawings))
+        neighbours = _nearest(probe, drawings, m.num_candidates, lambda s: rows[s, None] == rows[None, :])
         foreign = None
         families = [r.family for r in records]
         if self.config.foreign_pairs > 0 and len(set(families)) > 1:
-            foreign = self._foreign_neighbours(probe, drawings, families, m.num_candidates)
+            # Each part's nearest parts of other families (parts of unknown family count as their
+            # own family; its own family's only when there are too few others).
+            labels = {f: i for i, f in enumerate(dict.fromkeys(families))}
+            fam = torch.tensor([labels[f] if f is not None else len(labels) + i for i, f in enumerate(families)])
+            foreign = _nearest(probe, drawings, m.num_candidates, lambda s: fam[s, None] == fam[None, :])
         train = RefinePairs(drawings, None, neighbours, records, seed, foreign, self.config.foreign_pairs)
         val = None
         if has_splits:
             val_records, val_drawings, val_clouds = read_split(Path(data_dir), "val", m.image_size, self.config.val_points, seed)
             val = RefinePairs(val_drawings, val_clouds, None, val_records) if val_records else None
         return train, val
-
-    @staticmethod
-    def _foreign_neighbours(model: RetrievalRefiner, drawings: torch.Tensor, families: list, k: int) -> torch.Tensor:
-        """(T, k) each part's nearest parts of other families (its own family's, or itself, only
-        when there are too few others; parts of unknown family count as their own family)."""
-        from cad3d.models.refiner import ink_thumbnails
-
-        labels = {f: i for i, f in enumerate(dict.fromkeys(families))}
-        fam = torch.tensor([labels[f] if f is not None else len(labels) + i for i, f in enumerate(families)])
-        with torch.no_grad():
-            model._index_stats(drawings.device)
-            out = []
-            for i in range(0, len(drawings), 256):
-                sim = ink_thumbnails(drawings[i:i + 256]) @ model._thumbs.T  # (b, T)
-                same = fam[i:i + 256, None] == fam[None, :]
-                out.append(sim.masked_fill(same, -2.0).topk(min(k, sim.shape[1]), dim=1).indices)
-        return torch.cat(out)
 
     # -- model -------------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
