@@ -12,26 +12,25 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cad3d.models.refiner import THUMB, ink_thumbnails
 
 log = logging.getLogger(__name__)
 
 
-THUMBNAIL_SIZE = 64
+THUMBNAIL_SIZE = THUMB  # the refine path retrieves with the same thumbnails
 MEDOID_POOL = 64
 MEDOID_POINTS = 512
 
 
 def drawing_thumbnail(drawing: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     """(H, W) drawing in [0, 1] (1 = paper) -> (size * size,) float32 unit vector of ink (1 - paper),
-    area-averaged; a blank page gives zeros."""
+    area-averaged (`cad3d.models.refiner.ink_thumbnails`); a blank page gives zeros."""
     from PIL import Image
 
     img = np.clip(np.asarray(drawing, dtype=np.float32), 0.0, 1.0)
-    if img.shape != (size, size):
+    if img.shape[0] % size or img.shape[1] % size:  # whole blocks only: resize the others first
         img = np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.BOX), dtype=np.float32)
-    ink = (1.0 - img).reshape(-1)
-    norm = float(np.linalg.norm(ink))
-    return ink / norm if norm > 0 else ink
+    return ink_thumbnails(torch.from_numpy(np.array(img, dtype=np.float32))[None], size)[0].numpy()
 
 
 @dataclass

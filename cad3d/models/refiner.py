@@ -83,11 +83,12 @@ def refiner_presets() -> dict[str, RefinerConfig]:
             "full": RefinerConfig(image_size=256, width=32, hidden=256, num_candidates=8)}
 
 
-def ink_thumbnails(drawings: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) drawings in [0, 1] (1 = paper) -> (B, THUMB*THUMB) unit ink vectors (zeros for a
-    blank page); H and W multiples of THUMB are area-averaged exactly like a PIL BOX resize."""
+def ink_thumbnails(drawings: torch.Tensor, size: int = THUMB) -> torch.Tensor:
+    """(B, H, W) drawings in [0, 1] (1 = paper) -> (B, size*size) unit ink vectors (zeros for a
+    blank page); H and W multiples of ``size`` are area-averaged exactly like a PIL BOX resize.
+    The evaluation's retrieval baseline reads drawings through it too."""
     ink = 1.0 - drawings.float().clamp(0, 1)
-    thumb = F.adaptive_avg_pool2d(ink[:, None], THUMB).flatten(1)  # (B, T*T)
+    thumb = F.adaptive_avg_pool2d(ink[:, None], size).flatten(1)  # (B, size*size)
     return thumb / thumb.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
