@@ -104,7 +104,7 @@ def _pair_edges(faces: np.ndarray, n_vertices: int):
     return np.stack([lo[first], hi[first]], axis=1), f0, f1, counts, same_direction
 
 
-def _look_through_slivers(points: np.ndarray, wfaces: np.ndarray, valid: np.ndarray, edges: np.ndarray,
+def _look_through_slivers(points: np.ndarray, wfaces: np.ndarray, slivers: np.ndarray, edges: np.ndarray,
                           f0: np.ndarray, f1: np.ndarray, steps: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Edge faces (f0, f1) with zero-area slivers seen through.
 
@@ -114,12 +114,11 @@ def _look_through_slivers(points: np.ndarray, wfaces: np.ndarray, valid: np.ndar
     An edge whose face is a sliver takes, in its place, the face across the sliver's longest
     edge, its real neighbour (a chain of slivers is followed up to ``steps`` times).
 
-    points: (V, 3) welded vertex positions; wfaces: (F, 3) welded vertex ids; valid: (F,)
-    non-zero area; edges: (E, 2) welded vertex ids of the edges whose faces are f0, f1 (E,)
+    points: (V, 3) welded vertex positions; wfaces: (F, 3) welded vertex ids; slivers: (F,) zero
+    area though three distinct vertices; edges: (E, 2) welded vertex ids of the edges whose faces are f0, f1 (E,)
     (f1 = -1 on a boundary).
     """
-    distinct = (wfaces[:, 0] != wfaces[:, 1]) & (wfaces[:, 1] != wfaces[:, 2]) & (wfaces[:, 0] != wfaces[:, 2])
-    ids = np.flatnonzero(~valid & distinct)
+    ids = np.flatnonzero(slivers)
     if len(ids) == 0 or len(edges) == 0:
         return f0, f1
     n = len(points) + 1
@@ -129,9 +128,10 @@ def _look_through_slivers(points: np.ndarray, wfaces: np.ndarray, valid: np.ndar
     span = np.linalg.norm(points[np.roll(tri, -1, axis=1)] - points[tri], axis=2)  # (S, 3) edge k: k -> k+1
     k = np.argmax(span, axis=1)
     u, v = tri[np.arange(len(ids)), k], tri[np.arange(len(ids)), (k + 1) % 3]
-    pos = order[np.clip(np.searchsorted(key[order], np.minimum(u, v) * n + np.maximum(u, v)), 0, len(order) - 1)]
-    across = np.full(len(valid), -1, dtype=np.int64)  # sliver -> the face across its longest edge
-    ok = key[pos] == np.minimum(u, v) * n + np.maximum(u, v)
+    longest = np.minimum(u, v) * n + np.maximum(u, v)  # (S,) keys of the slivers' longest edges
+    pos = order[np.clip(np.searchsorted(key[order], longest), 0, len(order) - 1)]
+    across = np.full(len(slivers), -1, dtype=np.int64)  # sliver -> the face across its longest edge
+    ok = key[pos] == longest
     across[ids[ok]] = np.where(f0[pos[ok]] == ids[ok], f1[pos[ok]], f0[pos[ok]])
     f0, f1 = f0.copy(), f1.copy()
     for _ in range(steps):
@@ -170,7 +170,7 @@ def _edge_topology(vertices: np.ndarray, faces: np.ndarray, sharp_angle_deg: flo
         valid &= proper
         normals = np.where(proper[:, None], normals, 0.0)
     welded_edges, edges = edges, rep[edges]
-    f0, f1 = _look_through_slivers(vertices[rep], wfaces, valid, welded_edges, f0, f1)
+    f0, f1 = _look_through_slivers(vertices[rep], wfaces, ~valid & proper, welded_edges, f0, f1)
 
     pair = counts == 2
     f1c = np.maximum(f1, 0)
