@@ -253,7 +253,7 @@ def test_publish_onnx_is_for_depth_and_checked_before_training(tmp_path, capsys)
 
 def test_resuming_a_finished_run_keeps_the_exports_score(tiny_dataset, tmp_path):
     """`--resume auto` on a run that has nothing left to train exports again; the sidecar keeps the
-    val_chamfer of the last validation (from the epoch log), so `auto` still ranks the path."""
+    val_chamfer of the last validation (restored with the epoch log), so `auto` still ranks the path."""
     from cad3d.training.engine import train_model
 
     common = dict(preset="tiny", out_dir=tmp_path / "run", epochs=1, seed=0, device="cpu", progress=False)

@@ -314,16 +314,17 @@ class Engine:
         and raised, after every checkpoint is safe."""
         self._tick(progress)
         report = self._report(progress, completed)
+        metrics = self._last_metrics(progress)
         final = None
         if completed:
-            final = run_payload(self, progress, sums, epoch=progress.epoch - 1, complete=True, metrics=self._last_metrics(progress))
+            final = run_payload(self, progress, sums, epoch=progress.epoch - 1, complete=True, metrics=metrics)
 
         def finish() -> None:
             failure = None
             if final is not None:
                 self.manager.save_final(final)
             try:
-                report.update(self.task.on_train_end(self.out_dir, completed))
+                report.update(self.task.on_train_end(self.out_dir, completed, metrics))
             except TrainEndError as exc:
                 report.update(exc.report)
                 failure = exc

@@ -256,10 +256,11 @@ class TrainTask(abc.ABC):
         """Extra fields of the final training report."""
         return {}
 
-    def on_train_end(self, out_dir: Path, completed: bool) -> dict[str, Any]:
+    def on_train_end(self, out_dir: Path, completed: bool, metrics: Mapping[str, float]) -> dict[str, Any]:
         """Rank 0, once, after the run's checkpoints are saved (``completed`` False: stopped at
-        ``max_steps`` before the last epoch): work on the trained modules, e.g. an export. Returns
-        report fields; raise `TrainEndError` (with its report fields) to fail the run."""
+        ``max_steps`` before the last epoch): work on the trained modules, e.g. an export.
+        ``metrics``: the last logged epoch's metrics (all ranks; a resumed finished run's too).
+        Returns report fields; raise `TrainEndError` (with its report fields) to fail the run."""
         return {}
 
     # -- verification (cad3d ckpt verify) ------------------------------------------------

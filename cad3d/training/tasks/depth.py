@@ -32,8 +32,6 @@ and shift), so ours learns the same thing from the rendered camera depth ``c_z``
 
 from __future__ import annotations
 
-import json
-
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +219,6 @@ class DepthTask(TrainTask):
     def __init__(self, config: DepthTaskConfig | None = None):
         super().__init__(config)
         self._model: nn.Module | None = None  # the module built for the engine (exported at the end)
-        self._val_chamfer: list[tuple[float, int]] = []
 
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any]) -> "DepthTask":
@@ -274,29 +271,13 @@ class DepthTask(TrainTask):
         metrics = {"val_loss": float(loss), **{f"val_{k}": float(v) for k, v in parts.items()}}
         if layered is not None:
             metrics["val_chamfer"] = layered_chamfer(*layered, batch[2])
-            self._val_chamfer.append((metrics["val_chamfer"], len(batch[0])))
         return metrics
 
-    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        self._val_chamfer = []  # (score, batch size) of this epoch's validation: stored with the export
-
     # -- end of training: ONNX ---------------------------------------------------------
-    def _last_val_chamfer(self, out_dir: Path) -> float | None:
-        """The last validation's val_chamfer: this run's, else (a finished run resumed, nothing
-        left to train or validate) the last one in the run folder's epoch log."""
-        if self._val_chamfer:
-            return sum(c * n for c, n in self._val_chamfer) / sum(n for _, n in self._val_chamfer)
-        try:
-            entries = json.loads((out_dir / self.schema.epoch_log_file).read_text())
-        except (OSError, ValueError, TypeError):
-            return None
-        scores = [e.get("val_chamfer") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
-        scores = [v for v in scores if isinstance(v, (int, float))]
-        return float(scores[-1]) if scores else None
-
-    def on_train_end(self, out_dir: Path, completed: bool) -> dict[str, Any]:
+    def on_train_end(self, out_dir: Path, completed: bool, metrics: Mapping[str, float]) -> dict[str, Any]:
         """Export the final network to ``out_dir/cad3d_depth_256.onnx`` (then publish it to
-        ``config.publish_onnx``) when training completed; say why not otherwise. A failed export
+        ``config.publish_onnx``) when training completed, with the last validation's val_chamfer
+        (what the converter's `auto` compares); say why not otherwise. A failed export
         raises `TrainEndError` (the checkpoints are saved: export again later with
         `cad3d.training.depth_export.export_depth_checkpoint` on ``depth_best.pth``)."""
         from cad3d.models.depth_contract import OUR_MODEL_NAME
@@ -312,9 +293,8 @@ class DepthTask(TrainTask):
         path = Path(out_dir) / OUR_MODEL_NAME
         try:
             info: dict[str, Any] = {"task_config": self.config_dict()}
-            score = self._last_val_chamfer(Path(out_dir))
-            if score is not None:  # the converter's `auto` compares paths by this score
-                info["val_chamfer"] = score
+            if "val_chamfer" in metrics:
+                info["val_chamfer"] = float(metrics["val_chamfer"])
             result = export_depth_onnx(self._model, path, extra_info=info)
             published = publish_export(result, self.config.publish_onnx) if self.config.publish_onnx else None
         except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime fail in many ways
