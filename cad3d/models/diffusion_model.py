@@ -103,7 +103,7 @@ def iso_projection(batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]
             torch.from_numpy(views).expand(batch, -1).to(device))
 
 
-def _projection(feats: ImageFeatures, cams: Optional[torch.Tensor], views: Optional[torch.Tensor]):
+def image_projection(feats: ImageFeatures, cams: Optional[torch.Tensor] = None, views: Optional[torch.Tensor] = None):
     """The U-Net's ``projection`` argument: None without a feature map, else (fmap, cams, views)."""
     if feats.fmap is None:
         return None
@@ -136,7 +136,7 @@ def denoising_loss(
     drop = (torch.rand(B, generator=generator, device=generator.device) < cond_drop_prob).to(dev)  # (B,)
     x_t = schedule.add_noise(points, noise, t)  # (B, N, 3) float32
     feats = image_encoder(images)
-    eps = unet(x_t, t, feats.vector, feats.tokens, drop, _projection(feats, cams, views))  # (B, N, 3)
+    eps = unet(x_t, t, feats.vector, feats.tokens, drop, image_projection(feats, cams, views))  # (B, N, 3)
     target = schedule.training_target(points, noise, t)
     mse = F.mse_loss(eps.float(), target.float())
     return mse, {"mse": mse.detach(), "cond_dropped": drop.float().mean()}
@@ -231,7 +231,7 @@ class Diffusion3DModel(nn.Module):
             if x.shape[0] % B:
                 raise ValueError(f"x_T holds {x.shape[0]} clouds: not a multiple of the {B} drawings")
             feats = self.image_encoder(images)
-            projection = _projection(feats, cams, views)
+            projection = image_projection(feats, cams, views)
             if x.shape[0] != B:  # R clouds per drawing share its features and cameras
                 r = x.shape[0] // B
                 feats = ImageFeatures(feats.vector.repeat_interleave(r, 0),
@@ -283,4 +283,6 @@ __all__ = [
     "create_diffusion_model",
     "denoising_loss",
     "diffusion_presets",
+    "image_projection",
+    "iso_projection",
 ]

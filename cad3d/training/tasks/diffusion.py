@@ -32,7 +32,8 @@ from torch import nn
 from cad3d.config import config_from_dict
 from cad3d.models.diffusion import NoiseSchedule
 from cad3d.geometry.ops import chamfer_distance
-from cad3d.models.diffusion_model import Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets, iso_projection
+from cad3d.models.diffusion_model import (Diffusion3DModel, DiffusionConfig, denoising_loss, diffusion_presets, image_projection,
+                                          iso_projection)
 from cad3d.training.replay import ReplayBuffer
 from cad3d.training.tasks.base import CheckpointSchema, StepContext, TrainTask, register_task
 from cad3d.training.tasks.splits import split_datasets
@@ -332,10 +333,8 @@ class DiffusionTask(TrainTask):
         with torch.no_grad():
             feats = modules["image_encoder"](images)
             t = torch.full((points.shape[0],), self.config.model.schedule.timesteps // 2, dtype=torch.long)
-            projection = None
-            if feats.fmap is not None:  # a projection-conditioned U-Net: iso drawings
-                projection = (feats.fmap, *iso_projection(points.shape[0]))
-            return modules["unet"](points, t, feats.vector, feats.tokens, None, projection)  # (B, N, 3)
+            # A projection-conditioned U-Net reads the drawings as iso views.
+            return modules["unet"](points, t, feats.vector, feats.tokens, None, image_projection(feats))  # (B, N, 3)
 
 
 __all__ = ["DiffusionTask", "DiffusionTaskConfig"]
