@@ -73,16 +73,19 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[None], help="diffusion guidance scales")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; 1 is steadier on a shared machine)")
-    parser.add_argument("--strength", type=float, default=0.01,
-                        help="diffusion: how far its start (the refine answer) is noised; 1 = from pure noise (default "
-                             "0.01, the converter's)")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="diffusion: how far its start (the refine answer) is noised; 1 = from pure noise (default: "
+                             "the converter's)")
     parser.add_argument("--section", default="convert", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from cad3d.conversion.drawing import read_drawing
-    from cad3d.conversion.converter import METHODS, HybridCAD3DConverter
+    from cad3d.conversion.converter import DEFAULT_REFINE_STRENGTH, METHODS, HybridCAD3DConverter
+
+    if args.strength is None:
+        args.strength = DEFAULT_REFINE_STRENGTH
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []

@@ -82,9 +82,10 @@ def converter_options(parser) -> None:
     parser.add_argument("--steps", type=sampling_steps, default=50,
                         help=f"diffusion sampling steps of the fast sampler, 1 to {MAX_SAMPLING_STEPS} (default 50)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    parser.add_argument("--strength", type=strength, default=0.01,
+    parser.add_argument("--strength", type=strength, default=None,
                         help="the diffusion path starts from the refine answer (or the layered depth lift) noised to "
-                             "this fraction of the schedule, in (0, 1]; 1 = sample from pure noise (default 0.01)")
+                             "this fraction of the schedule, in (0, 1]; 1 = sample from pure noise (default: the "
+                             "converter's, 0.01)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="drawings per model call (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same clouds)")
     model_weight_options(parser)
@@ -93,12 +94,13 @@ def converter_options(parser) -> None:
 
 def make_converter(args):
     """The `HybridCAD3DConverter` of `converter_options` (inference only: no learning)."""
-    from cad3d.conversion.converter import (DEFAULT_DIFFUSION_PATH, DEFAULT_REFINE_PATH, DEFAULT_VIT_PATH,
-                                            HybridCAD3DConverter, weights_path)
+    from cad3d.conversion.converter import (DEFAULT_DIFFUSION_PATH, DEFAULT_REFINE_PATH, DEFAULT_REFINE_STRENGTH,
+                                            DEFAULT_VIT_PATH, HybridCAD3DConverter, weights_path)
 
     return HybridCAD3DConverter(
         device=args.device, vit_model_path=weights_path(args.vit, DEFAULT_VIT_PATH),
         diffusion_model_path=weights_path(args.diffusion, DEFAULT_DIFFUSION_PATH),
         depth_model_path=args.depth_model, models_dir=args.models_dir, enable_learning=False,
-        refine_model_path=weights_path(args.refine, DEFAULT_REFINE_PATH), refine_strength=args.strength,
+        refine_model_path=weights_path(args.refine, DEFAULT_REFINE_PATH),
+        refine_strength=DEFAULT_REFINE_STRENGTH if args.strength is None else args.strength,
     )

@@ -47,6 +47,9 @@ DEFAULT_LEARNING_PATH = Path("trained_models/hybrid/continuous_learning.pth")
 DEFAULT_VIT_PATH = Path("trained_models/vit/final_model.pth")  # where `cad3d train vit` puts it
 DEFAULT_DIFFUSION_PATH = Path("trained_models/diffusion/diffusion_best.pth")
 DEFAULT_REFINE_PATH = Path("trained_models/refine/refine_best.pth")  # where `cad3d train refine` puts it
+# Where the diffusion path's start is noised to (a fraction of the schedule): the best of the CPU run's
+# val sweep (README, "Results").
+DEFAULT_REFINE_STRENGTH = 0.01
 _CPU_CLOUDS_PER_CALL = 32  # diffusion clouds per sampling call on the CPU (benchmarks/RESULTS.md, convert_profile)
 
 
@@ -96,7 +99,7 @@ class HybridCAD3DConverter:
         num_points: int | None = None,
         learning_path: str | os.PathLike = DEFAULT_LEARNING_PATH,
         seed: int = 0,
-        refine_strength: float = 0.01,
+        refine_strength: float = DEFAULT_REFINE_STRENGTH,
         refine_model_path: str | os.PathLike | None = None,
     ):
         self.device = resolve_device(device)
